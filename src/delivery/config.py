@@ -1,0 +1,36 @@
+"""Settings: exactly the variables of the API contract, read from the environment and `.env`."""
+
+from pathlib import Path
+
+from pydantic import AnyUrl, Field, HttpUrl, PositiveInt, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Where the embedded defaults keep their files (SQLite database, broker, store), relative to
+#: the working directory: `make run` and the worker must start in the same folder.
+EMBEDDED_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    DATABASE_URL: str = f"sqlite+aiosqlite:///./{EMBEDDED_DIR}/delivery.sqlite3"
+    REDIS_URL: AnyUrl | None = None
+    CELERY_BROKER_URL: AnyUrl | None = None
+    CBR_DAILY_URL: HttpUrl = HttpUrl("https://www.cbr-xml-daily.ru/daily_json.js")
+    RATE_CACHE_TTL: PositiveInt = 86400
+    STATUS_TTL: PositiveInt = 86400
+    RATE_RETRY_WINDOW: PositiveInt = 60
+    COST_RECALC_INTERVAL: PositiveInt = 300
+    SESSION_TTL: PositiveInt = 2592000
+    COOKIE_SECURE: bool = False
+    ADMIN_TOKEN: SecretStr | None = None
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite")
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,88 @@
+"""Database models. Every model of the package lives here, so Alembic sees them all."""
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Boolean, Computed, Date, ForeignKey, Index, Integer, String, Uuid
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from delivery.db import Base, ExactDecimal, UTCDateTime, utcnow
+
+# SQLite gives auto-increment only to a column declared exactly INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+WEIGHT = ExactDecimal(10, 3)
+MONEY_USD = ExactDecimal(12, 2)
+MONEY_RUB = ExactDecimal(18, 2)
+RATE = ExactDecimal(18, 8)
+
+
+class ClientSession(Base):
+    """A customer's session: the cookie holds a random token, the table only its SHA-256."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class PackageType(Base):
+    __tablename__ = "package_types"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Package(Base):
+    __tablename__ = "packages"
+    __table_args__ = (
+        Index("ix_packages_session_type_id", "session_id", "type_id", "id"),
+        Index("ix_packages_session_has_cost_id", "session_id", "has_cost", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    registration_id: Mapped[uuid.UUID] = mapped_column(Uuid(), unique=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"))
+    type_id: Mapped[int] = mapped_column(ForeignKey("package_types.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    weight_kg: Mapped[Decimal] = mapped_column(WEIGHT)
+    content_value_usd: Mapped[Decimal] = mapped_column(MONEY_USD)
+    delivery_cost_rub: Mapped[Decimal | None] = mapped_column(MONEY_RUB)
+    usd_rub_rate: Mapped[Decimal | None] = mapped_column(RATE)
+    rate_date: Mapped[date | None] = mapped_column(Date)
+    # Derived, so "cost known" can lead an index that also yields id order.
+    has_cost: Mapped[bool] = mapped_column(
+        Boolean, Computed("delivery_cost_rub IS NOT NULL", persisted=True), nullable=True
+    )
+    transport_company_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    type: Mapped[PackageType] = relationship(lazy="raise")
+
+
+class CostCalculation(Base):
+    """The log of cost calculations: one row per package, written with the cost itself."""
+
+    __tablename__ = "cost_calculations"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    package_id: Mapped[int] = mapped_column(ForeignKey("packages.id"), unique=True)
+    type_id: Mapped[int] = mapped_column(ForeignKey("package_types.id"))
+    delivery_cost_rub: Mapped[Decimal] = mapped_column(MONEY_RUB)
+    usd_rub_rate: Mapped[Decimal] = mapped_column(RATE)
+    rate_date: Mapped[date] = mapped_column(Date)
+    calculated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class DailyCostTotal(Base):
+    """Per UTC day and type, the running sum of `cost_calculations`, kept in the same transaction."""
+
+    __tablename__ = "daily_cost_totals"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    type_id: Mapped[int] = mapped_column(ForeignKey("package_types.id"), primary_key=True)
+    packages: Mapped[int] = mapped_column(BigInteger)
+    total_cost_rub: Mapped[Decimal] = mapped_column(ExactDecimal(24, 2))
