@@ -12,7 +12,8 @@ from delivery.db import Base, ExactDecimal, UTCDateTime, utcnow
 # SQLite gives auto-increment only to a column declared exactly INTEGER PRIMARY KEY.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 
-WEIGHT = ExactDecimal(10, 3)
+WEIGHT_PLACES = 3
+WEIGHT = ExactDecimal(10, WEIGHT_PLACES)
 MONEY_USD = ExactDecimal(12, 2)
 MONEY_RUB = ExactDecimal(18, 2)
 RATE = ExactDecimal(18, 8)
@@ -41,6 +42,8 @@ class Package(Base):
     __table_args__ = (
         Index("ix_packages_session_type_id", "session_id", "type_id", "id"),
         Index("ix_packages_session_has_cost_id", "session_id", "has_cost", "id"),
+        # The periodic pricing job walks the packages still without a cost.
+        Index("ix_packages_has_cost_id", "has_cost", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)

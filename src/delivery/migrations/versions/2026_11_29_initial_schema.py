@@ -89,6 +89,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("registration_id", name=op.f("uq_packages_registration_id")),
     )
     with op.batch_alter_table("packages", schema=None) as batch_op:
+        batch_op.create_index("ix_packages_has_cost_id", ["has_cost", "id"], unique=False)
         batch_op.create_index(
             "ix_packages_session_has_cost_id",
             ["session_id", "has_cost", "id"],
@@ -147,6 +148,7 @@ def downgrade() -> None:
     with op.batch_alter_table("packages", schema=None) as batch_op:
         batch_op.drop_index("ix_packages_session_type_id")
         batch_op.drop_index("ix_packages_session_has_cost_id")
+        batch_op.drop_index("ix_packages_has_cost_id")
 
     op.drop_table("packages")
     op.drop_table("daily_cost_totals")

@@ -1,0 +1,62 @@
+import asyncio
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from delivery.api.deps import Resources, ResourcesDep
+
+router = APIRouter(tags=["operations"])
+
+CHECK_TIMEOUT = 3.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """200 while the process serves."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Names the services that did not answer"}})
+async def readyz(resources: ResourcesDep) -> Any:
+    """200 when the database, the key-value store and the broker all answer."""
+    names = ("database", "store", "broker")
+    results = await asyncio.gather(
+        *(_check(probe(resources)) for probe in (_database, _store, _broker)), return_exceptions=False
+    )
+    checks = dict(zip(names, results, strict=True))
+    down = [name for name, ok in checks.items() if ok != "ok"]
+    if down:
+        return JSONResponse(
+            {"detail": f"not ready: {', '.join(down)} unavailable", "checks": checks},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    return {"status": "ready", "checks": checks}
+
+
+async def _check(probe: Any) -> str:
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT)
+    except Exception:
+        return "unavailable"
+    return "ok"
+
+
+async def _database(resources: Resources) -> None:
+    async with resources.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _store(resources: Resources) -> None:
+    await resources.store.ping()
+
+
+async def _broker(resources: Resources) -> None:
+    def connect() -> None:
+        with resources.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
+
+    await anyio.to_thread.run_sync(connect, abandon_on_cancel=True)

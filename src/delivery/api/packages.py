@@ -1,0 +1,112 @@
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+
+from delivery import service
+from delivery.api.deps import DbSession, ResourcesDep, SessionId
+from delivery.api.routing import DecimalRoute
+from delivery.errors import InvalidField
+from delivery.schemas import (
+    PackageCreate,
+    PackagePage,
+    PackageRead,
+    PackageTypeRead,
+    RegistrationAccepted,
+    RegistrationStatus,
+)
+
+router = APIRouter(route_class=DecimalRoute, tags=["packages"])
+
+Detail = dict[str, Any]
+UNAUTHENTICATED: dict[int | str, Detail] = {401: {"description": "No session, or an unknown or expired one"}}
+NOT_FOUND: dict[int | str, Detail] = {404: {"description": "Unknown, or another session's"}}
+UNAVAILABLE: dict[int | str, Detail] = {503: {"description": "A backing service is down; see Retry-After"}}
+
+
+@router.get("/types/", response_model=list[PackageTypeRead], responses=UNAVAILABLE)
+async def list_types(db: DbSession) -> Any:
+    """The parcel types, ordered by id."""
+    return await service.list_types(db)
+
+
+@router.get("/packages/", response_model=PackagePage, responses=UNAUTHENTICATED | UNAVAILABLE)
+async def list_packages(
+    db: DbSession,
+    session_id: SessionId,
+    type: Annotated[int | None, Query(ge=1, description="only this type id")] = None,
+    has_cost: Annotated[bool | None, Query(description="only with (true) or without (false) a cost")] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    size: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> PackagePage:
+    """This session's packages, newest first, filtered and paginated."""
+    items, total = await service.list_packages(
+        db, session_id, type_id=type, has_cost=has_cost, page=page, size=size
+    )
+    return PackagePage.build(
+        [PackageRead.model_validate(item) for item in items], total=total, page=page, size=size
+    )
+
+
+@router.post(
+    "/packages/",
+    status_code=202,
+    response_model=RegistrationAccepted,
+    responses=UNAUTHENTICATED
+    | UNAVAILABLE
+    | {202: {"headers": {"Location": {"description": "the status URL", "schema": {"type": "string"}}}}},
+)
+async def register_package(
+    data: PackageCreate,
+    db: DbSession,
+    session_id: SessionId,
+    resources: ResourcesDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=255, description="repeat it to get the same registration back"),
+    ] = None,
+) -> RegistrationAccepted:
+    """Accept a package for registration; follow it at the `Location` status URL."""
+    if not await resources.type_exists(db, data.type_id):
+        raise InvalidField("type_id", f"type {data.type_id} does not exist; see GET /types/")
+    status_id = await service.accept_registration(
+        resources.store,
+        resources.publish,
+        session_id=session_id,
+        data=data,
+        idempotency_key=idempotency_key,
+        status_ttl=resources.settings.STATUS_TTL,
+    )
+    response.headers["Location"] = f"/packages/status/{status_id}/"
+    return RegistrationAccepted(status_id=status_id)
+
+
+@router.get(
+    "/packages/status/{status_id}/",
+    response_model=RegistrationStatus,
+    responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
+)
+async def registration_status(
+    status_id: uuid.UUID, session_id: SessionId, resources: ResourcesDep
+) -> RegistrationStatus:
+    """Where a registration stands: pending, registered (with the package id) or failed."""
+    record = await service.get_status(resources.store, session_id, status_id)
+    return RegistrationStatus(
+        status_id=status_id,
+        state=record.state,
+        done=record.state != "pending",
+        error=record.state == "failed",
+        error_message=record.error_message,
+        package_id=record.package_id,
+    )
+
+
+@router.get(
+    "/packages/{package_id}/",
+    response_model=PackageRead,
+    responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
+)
+async def get_package(package_id: int, db: DbSession, session_id: SessionId) -> Any:
+    """One of this session's packages."""
+    return await service.get_package(db, session_id, package_id)

@@ -1,0 +1,166 @@
+"""The Central Bank of Russia's USD/RUB rate: fetch, validate, and cache with single flight."""
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+
+from delivery.errors import RateUnavailable
+from delivery.store import Store
+
+logger = logging.getLogger(__name__)
+
+#: The mirror refuses some clients without a browser's User-Agent.
+USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+)
+FETCH_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+
+CACHE_KEY = "rate:usd_rub"
+LOCK_KEY = "rate:usd_rub:lock"
+FAILED_KEY = "rate:usd_rub:failed"
+#: Longer than one fetch may take (connect + read timeouts), so the lock outlives its holder's fetch.
+LOCK_TTL = 15.0
+#: How long a failed fetch is remembered, so waiting jobs give up together instead of each asking the bank.
+FAILURE_TTL = 2.0
+POLL_INTERVAL = 0.05
+
+
+class RateFormatError(ValueError):
+    """The bank's answer is not the daily-rates JSON with a positive USD rate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    usd_rub: Decimal
+    date: date
+
+    def dumps(self) -> str:
+        return json.dumps({"usd_rub": str(self.usd_rub), "date": self.date.isoformat()})
+
+    @classmethod
+    def loads(cls, raw: str) -> "Rate":
+        data = json.loads(raw)
+        return cls(usd_rub=Decimal(data["usd_rub"]), date=date.fromisoformat(data["date"]))
+
+
+def parse_daily(body: bytes | str) -> Rate:
+    """Read USD/RUB (`Value / Nominal` of the entry whose `CharCode` is USD) from the daily JSON."""
+    try:
+        data = json.loads(body, parse_float=Decimal, parse_int=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RateFormatError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("Valute"), dict):
+        raise RateFormatError("no Valute object")
+    usd = next(
+        (v for v in data["Valute"].values() if isinstance(v, dict) and v.get("CharCode") == "USD"),
+        None,
+    )
+    if usd is None:
+        raise RateFormatError("no USD entry")
+    value, nominal = _positive(usd.get("Value"), "Value"), _positive(usd.get("Nominal"), "Nominal")
+    try:
+        day = datetime.fromisoformat(str(data["Date"])).date()
+    except (KeyError, ValueError) as exc:
+        raise RateFormatError(f"bad Date: {exc}") from None
+    return Rate(usd_rub=value / nominal, date=day)
+
+
+def _positive(raw: Any, field: str) -> Decimal:
+    if not isinstance(raw, Decimal):
+        raise RateFormatError(f"USD {field} is not a number: {raw!r}")
+    try:
+        if not raw.is_finite() or raw <= 0:
+            raise RateFormatError(f"USD {field} is not positive: {raw}")
+    except InvalidOperation:
+        raise RateFormatError(f"USD {field} is not a number: {raw!r}") from None
+    return raw
+
+
+def new_http_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=FETCH_TIMEOUT, headers={"User-Agent": USER_AGENT})
+
+
+async def fetch_rate(client: httpx.AsyncClient, url: str) -> Rate:
+    """One request to the bank. Any failure becomes `RateUnavailable`, logged once."""
+    started = time.perf_counter()
+    try:
+        response = await client.get(url)
+        response.raise_for_status()
+        rate = parse_daily(response.content)
+    except httpx.HTTPError as exc:
+        logger.warning("bank fetch failed url=%s error=%r", url, exc)
+        raise RateUnavailable(f"bank request failed: {exc!r}") from None
+    except RateFormatError as exc:
+        logger.warning("bank answer rejected url=%s reason=%s", url, exc)
+        raise RateUnavailable(f"bank answer rejected: {exc}") from None
+    logger.info(
+        "bank rate fetched usd_rub=%s date=%s elapsed_ms=%.0f",
+        rate.usd_rub,
+        rate.date,
+        (time.perf_counter() - started) * 1000,
+    )
+    return rate
+
+
+class RateCache:
+    """The rate for `ttl` seconds from its fetch. Concurrent callers on a cold cache share one fetch:
+    the caller that takes the lock asks the bank, the others wait for its result."""
+
+    def __init__(self, store: Store, client: httpx.AsyncClient, *, url: str, ttl: int) -> None:
+        self._store = store
+        self._client = client
+        self._url = url
+        self._ttl = ttl
+
+    async def get(self) -> Rate:
+        cached = await self._store.get(CACHE_KEY)
+        if cached is not None:
+            return Rate.loads(cached)
+        return await self._fetch_once()
+
+    async def refresh(self) -> Rate:
+        """Ask the bank now, whatever is cached (for operators)."""
+        rate = await fetch_rate(self._client, self._url)
+        await self._store.set(CACHE_KEY, rate.dumps(), ttl=self._ttl)
+        return rate
+
+    async def _fetch_once(self) -> Rate:
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + LOCK_TTL * 2
+        while time.monotonic() < deadline:
+            # A fetch failed a moment ago: give up at once rather than ask the bank again.
+            failure = await self._store.get(FAILED_KEY)
+            if failure is not None:
+                raise RateUnavailable(failure)
+            if await self._store.add(LOCK_KEY, token, ttl=LOCK_TTL):
+                try:
+                    return await self._fetch_holding_lock()
+                finally:
+                    await self._store.delete(LOCK_KEY, if_value=token)
+            # Another caller is fetching: wait for its rate, or for its failure.
+            await asyncio.sleep(POLL_INTERVAL)
+            cached = await self._store.get(CACHE_KEY)
+            if cached is not None:
+                return Rate.loads(cached)
+        raise RateUnavailable("timed out waiting for another fetch of the rate")
+
+    async def _fetch_holding_lock(self) -> Rate:
+        cached = await self._store.get(CACHE_KEY)
+        if cached is not None:
+            return Rate.loads(cached)
+        try:
+            rate = await fetch_rate(self._client, self._url)
+        except RateUnavailable as exc:
+            await self._store.set(FAILED_KEY, str(exc), ttl=FAILURE_TTL)
+            raise
+        await self._store.set(CACHE_KEY, rate.dumps(), ttl=self._ttl)
+        await self._store.delete(FAILED_KEY)
+        return rate

@@ -1,0 +1,150 @@
+"""The key-value store behind registration statuses, idempotency keys, the rate cache and its lock.
+
+Redis when `REDIS_URL` is set; otherwise an embedded store on disk (diskcache, SQLite underneath),
+which several processes on one machine share safely. Both offer the same few atomic operations.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Protocol
+
+import diskcache
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from delivery.config import EMBEDDED_DIR, Settings
+from delivery.errors import ServiceUnavailable
+
+
+class Store(Protocol):
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None: ...
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        """Set `key` only if it does not exist; True when this call set it."""
+        ...
+
+    async def replace(self, key: str, value: str) -> bool:
+        """Overwrite an existing key, keeping its expiry; False when it is gone."""
+        ...
+
+    async def delete(self, key: str, *, if_value: str | None = None) -> None:
+        """Delete `key`; with `if_value`, only while it still holds that value."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+_DELETE_IF_VALUE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
+        )
+        self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
+
+    async def get(self, key: str) -> str | None:
+        async with _unavailable_on_error():
+            value: str | None = await self._redis.get(key)
+            return value
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        async with _unavailable_on_error():
+            await self._redis.set(key, value, px=_ms(ttl))
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        async with _unavailable_on_error():
+            return bool(await self._redis.set(key, value, px=_ms(ttl), nx=True))
+
+    async def replace(self, key: str, value: str) -> bool:
+        async with _unavailable_on_error():
+            return bool(await self._redis.set(key, value, xx=True, keepttl=True))
+
+    async def delete(self, key: str, *, if_value: str | None = None) -> None:
+        async with _unavailable_on_error():
+            if if_value is None:
+                await self._redis.delete(key)
+            else:
+                await self._delete_if_value(keys=[key], args=[if_value])
+
+    async def ping(self) -> None:
+        async with _unavailable_on_error():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class EmbeddedStore:
+    """diskcache runs each operation in an SQLite transaction, so `add` and `replace` are atomic."""
+
+    def __init__(self, directory: Path) -> None:
+        self._cache = diskcache.Cache(str(directory), timeout=30)
+
+    async def get(self, key: str) -> str | None:
+        value = await asyncio.to_thread(self._cache.get, key)
+        return None if value is None else str(value)
+
+    async def set(self, key: str, value: str, *, ttl: float) -> None:
+        await asyncio.to_thread(self._cache.set, key, value, expire=ttl)
+
+    async def add(self, key: str, value: str, *, ttl: float) -> bool:
+        return bool(await asyncio.to_thread(self._cache.add, key, value, expire=ttl))
+
+    async def replace(self, key: str, value: str) -> bool:
+        return await asyncio.to_thread(self._replace, key, value)
+
+    def _replace(self, key: str, value: str) -> bool:
+        with self._cache.transact():
+            old, expire_time = self._cache.get(key, expire_time=True)
+            if old is None:
+                return False
+            ttl = None if expire_time is None else max(float(expire_time) - time.time(), 0.001)
+            return bool(self._cache.set(key, value, expire=ttl))
+
+    async def delete(self, key: str, *, if_value: str | None = None) -> None:
+        await asyncio.to_thread(self._delete, key, if_value)
+
+    def _delete(self, key: str, if_value: str | None) -> None:
+        with self._cache.transact():
+            if if_value is None or self._cache.get(key) == if_value:
+                self._cache.delete(key)
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._cache.get, "ping")
+
+    async def close(self) -> None:
+        self._cache.close()
+
+
+def create_store(settings: Settings) -> Store:
+    if settings.REDIS_URL is None:
+        return EmbeddedStore(EMBEDDED_DIR / "store")
+    return RedisStore(str(settings.REDIS_URL))
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+@asynccontextmanager
+async def _unavailable_on_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise ServiceUnavailable("redis") from exc

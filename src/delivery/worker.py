@@ -1,0 +1,198 @@
+"""The Celery app: its configuration, queues, beat schedule and the task wrappers.
+
+The logic lives in `delivery.jobs`; a task here only runs it on the worker process's one event loop.
+Start a worker with `celery -A delivery.worker worker`, the scheduler with `celery -A delivery.worker beat`.
+"""
+
+import asyncio
+import logging
+import random
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import sqlalchemy.exc
+from celery import Celery, Task
+from celery.signals import setup_logging, worker_process_shutdown
+from kombu import Exchange, Queue
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from delivery import jobs
+from delivery.config import EMBEDDED_DIR, Settings, get_settings
+from delivery.db import create_engine, create_sessionmaker
+from delivery.errors import ServiceUnavailable
+from delivery.logs import configure_logging
+from delivery.rates import RateCache, new_http_client
+from delivery.store import Store, create_store
+
+logger = logging.getLogger(__name__)
+
+REGISTER_TASK = "packages.register"
+PRICE_TASK = "packages.price_pending"
+REGISTRATION_QUEUE = "registrations"
+PRICING_QUEUE = "pricing"
+#: Transient failures (database, store) are retried for as long as it takes, backing off to this cap.
+MAX_BACKOFF = 60.0
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app for `settings`: real broker and Redis results when their URLs are set, embedded otherwise."""
+    app = Celery("delivery")
+    app.conf.update(
+        broker_url=str(settings.CELERY_BROKER_URL) if settings.CELERY_BROKER_URL else "filesystem://",
+        broker_transport_options=_broker_options(settings),
+        broker_connection_timeout=3,
+        broker_connection_retry_on_startup=True,
+        result_backend=_result_backend(settings),
+        result_expires=86400,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in (REGISTRATION_QUEUE, PRICING_QUEUE)],
+        task_default_queue=REGISTRATION_QUEUE,
+        task_routes={REGISTER_TASK: {"queue": REGISTRATION_QUEUE}, PRICE_TASK: {"queue": PRICING_QUEUE}},
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        beat_schedule={
+            "price-pending-packages": {
+                "task": PRICE_TASK,
+                "schedule": float(settings.COST_RECALC_INTERVAL),
+                # A run that no worker took within one period is dropped: the next one does its work.
+                "options": {"expires": float(settings.COST_RECALC_INTERVAL)},
+            }
+        },
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def _broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.CELERY_BROKER_URL is not None:
+        # Wait for RabbitMQ to confirm each message, so a 202 means the job is in the queue.
+        return {"confirm_publish": True}
+    folder = EMBEDDED_DIR / "broker"
+    for sub in ("queue", "processed", "control"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
+    }
+
+
+def _result_backend(settings: Settings) -> str:
+    if settings.REDIS_URL is not None:
+        return str(settings.REDIS_URL)
+    folder = (EMBEDDED_DIR / "results").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"file://{folder}"
+
+
+settings = get_settings()
+app = create_celery(settings)
+
+
+@setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging()
+
+
+# --- one event loop and one set of connections per worker process ---
+
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    runner: asyncio.Runner
+    engine: AsyncEngine
+    maker: async_sessionmaker[AsyncSession]
+    store: Store
+    http: httpx.AsyncClient
+    rates: RateCache
+
+    def close(self) -> None:
+        async def _close() -> None:
+            await self.http.aclose()
+            await self.store.close()
+            await self.engine.dispose()
+
+        self.runner.run(_close())
+        self.runner.close()
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """Created on first use, so each forked pool process makes its own loop and connections."""
+    global _runtime
+    if _runtime is None:
+        engine = create_engine(settings)
+        store = create_store(settings)
+        http = new_http_client()
+        _runtime = Runtime(
+            runner=asyncio.Runner(),
+            engine=engine,
+            maker=create_sessionmaker(engine),
+            store=store,
+            http=http,
+            rates=RateCache(store, http, url=str(settings.CBR_DAILY_URL), ttl=settings.RATE_CACHE_TTL),
+        )
+    return _runtime
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return runtime().runner.run(coro)
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    global _runtime
+    if _runtime is not None:
+        _runtime.close()
+        _runtime = None
+
+
+def backoff(retries: int, *, base: float = 1.0, cap: float = MAX_BACKOFF) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**retries))
+
+
+TRANSIENT = (ServiceUnavailable, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+
+
+@app.task(name=REGISTER_TASK, bind=True, max_retries=None)
+def register_package(self: Task[Any, Any], job: dict[str, Any]) -> int | None:
+    """Register one accepted package: rate, cost, row, status."""
+    rt = runtime()
+    try:
+        return run(
+            jobs.process_registration(
+                rt.maker,
+                rt.store,
+                rt.rates,
+                jobs.RegistrationJob.from_json(job),
+                retry_window=settings.RATE_RETRY_WINDOW,
+            )
+        )
+    except jobs.RetryLater as exc:
+        raise self.retry(countdown=min(backoff(self.request.retries), exc.remaining)) from None
+    except TRANSIENT as exc:
+        logger.warning(
+            "registration job will retry registration_id=%s error=%r", job.get("registration_id"), exc
+        )
+        raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
+
+
+@app.task(name=PRICE_TASK)
+def price_pending_packages() -> dict[str, int]:
+    """Price every package whose cost is still unknown."""
+    rt = runtime()
+    return {"priced": run(jobs.price_now(rt.maker, rt.rates))}
