@@ -4,7 +4,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -95,11 +95,15 @@ async def price_now(maker: async_sessionmaker[AsyncSession], rates: RateCache) -
 
 
 async def create_package(
-    maker: async_sessionmaker[AsyncSession], job: RegistrationJob, rate: Rate | None
+    maker: async_sessionmaker[AsyncSession],
+    job: RegistrationJob,
+    rate: Rate | None,
+    *,
+    clock: Callable[[], datetime] = utcnow,
 ) -> int:
     """Create the job's package once: the unique registration id turns a second run into a no-op."""
     registration_id = uuid.UUID(job.registration_id)
-    now = utcnow()
+    now = clock()
     async with maker() as db:
         package = Package(
             registration_id=registration_id,
@@ -156,7 +160,11 @@ async def record_outcome(
 
 
 async def price_pending(
-    maker: async_sessionmaker[AsyncSession], rate: Rate, *, batch_size: int = PRICING_BATCH
+    maker: async_sessionmaker[AsyncSession],
+    rate: Rate,
+    *,
+    batch_size: int = PRICING_BATCH,
+    clock: Callable[[], datetime] = utcnow,
 ) -> int:
     """Price every package without a cost, in batches: one claim, one UPDATE and one log insert per batch.
 
@@ -179,7 +187,7 @@ async def price_pending(
             rows = (await db.execute(claim)).all()
             if not rows:
                 return priced
-            now = utcnow()
+            now = clock()
             costs = {
                 row.id: (row.type_id, compute_cost(row.weight_kg, row.content_value_usd, rate.usd_rub))
                 for row in rows

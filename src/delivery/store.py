@@ -134,7 +134,7 @@ class EmbeddedStore:
 
 def create_store(settings: Settings) -> Store:
     if settings.REDIS_URL is None:
-        return EmbeddedStore(EMBEDDED_DIR / "store")
+        return EmbeddedStore((EMBEDDED_DIR / "store").resolve())
     return RedisStore(str(settings.REDIS_URL))
 
 

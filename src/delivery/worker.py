@@ -75,10 +75,11 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
     if settings.CELERY_BROKER_URL is not None:
         # Wait for RabbitMQ to confirm each message, so a 202 means the job is in the queue.
         return {"confirm_publish": True}
-    folder = EMBEDDED_DIR / "broker"
+    folder = (EMBEDDED_DIR / "broker").resolve()
     for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return {
+        "polling_interval": 0.1,
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),

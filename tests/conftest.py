@@ -1,0 +1,135 @@
+"""Fixtures shared by every test: the two stacks, a clean database per test, the app, a worker, the bank.
+
+Every behavioural test runs twice: on the embedded stack (SQLite, diskcache, kombu's filesystem
+transport) and on the real one (MariaDB, Redis, RabbitMQ). With CI=true a missing real service fails.
+"""
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from delivery.api import create_app
+from delivery.config import Settings
+from delivery.db import create_engine, create_sessionmaker
+from delivery.models import ClientSession, CostCalculation, DailyCostTotal, Package, PackageType
+from tests.fakebank import FakeBank
+from tests.stack import ADMIN_TOKEN, Stack, WorkerProcess, clear_store, prepare_real, real_stack_down
+
+CI = os.environ.get("CI", "").lower() == "true"
+TYPES = [{"id": 1, "name": "clothes"}, {"id": 2, "name": "electronics"}, {"id": 3, "name": "misc"}]
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test process works in its own folder, so the embedded stack's `var/` is private to it."""
+    path = tmp_path_factory.mktemp("work")
+    os.chdir(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bank() -> Iterator[FakeBank]:
+    fake = FakeBank().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session", params=["embedded", "real"])
+def stack(
+    request: pytest.FixtureRequest, workdir: Path, bank: FakeBank, worker_id: str
+) -> Iterator[Stack]:
+    if request.param == "embedded":
+        settings = Stack.embedded_settings(workdir, bank.url)
+    else:
+        if down := real_stack_down():
+            message = f"real stack unavailable: {down}"
+            if CI:
+                pytest.fail(message)
+            pytest.skip(message)
+        settings = prepare_real(worker_id, bank.url)
+    result = Stack(name=request.param, settings=settings, workdir=workdir)
+    result.migrate()
+    yield result
+    result.close()
+
+
+@pytest.fixture
+def settings(stack: Stack) -> Settings:
+    return stack.settings
+
+
+@pytest.fixture
+async def maker(stack: Stack) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(stack.settings)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def clean(request: pytest.FixtureRequest, bank: FakeBank) -> AsyncIterator[None]:
+    """Each test starts on an empty database (the seeded types restored), an empty store and a calm bank."""
+    bank.reset()
+    if "stack" in request.fixturenames:
+        stack: Stack = request.getfixturevalue("stack")
+        engine = create_engine(stack.settings)
+        async with engine.begin() as connection:
+            for model in (CostCalculation, DailyCostTotal, Package):
+                await connection.execute(delete(model))
+            await connection.execute(delete(ClientSession))
+            present = set((await connection.execute(select(PackageType.id))).scalars())
+            missing = [t for t in TYPES if t["id"] not in present]
+            if missing:
+                await connection.execute(insert(PackageType), missing)
+        await engine.dispose()
+        await clear_store(stack.settings)
+    yield
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the app, in process, with the app's lifespan run around it."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            http.app = app  # type: ignore[attr-defined]
+            yield http
+
+
+@pytest.fixture
+async def customer(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The same client with a session opened."""
+    response = await client.get("/sessions/new/")
+    assert response.status_code == 204
+    return client
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"X-Admin-Token": ADMIN_TOKEN}
+
+
+@pytest.fixture
+def worker(stack: Stack) -> WorkerProcess:
+    """A real Celery worker process on this stack, started once and shared by the tests."""
+    return stack.shared_worker()
+
+
+@pytest.fixture
+def start_worker(stack: Stack) -> Iterator[type[WorkerProcess]]:
+    """Start workers of one's own (to kill them); they are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    class Own(WorkerProcess):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(stack, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    yield Own
+    for process in started:
+        process.stop()

@@ -1,0 +1,107 @@
+"""A loopback stand-in for the bank's daily-rates service: serves the recorded answers, or fails on demand."""
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Literal
+
+FIXTURES = Path(__file__).parent / "fixtures" / "cbr"
+
+Mode = Literal["ok", "error", "hang", "html", "truncated", "zero_rate", "no_usd", "not_json"]
+
+
+class FakeBank:
+    """Counts the requests it gets; `mode` says how it answers them."""
+
+    def __init__(self) -> None:
+        self.mode: Mode = "ok"
+        self.fixture = "daily_json.js"
+        self.delay = 0.0
+        self.hang_seconds = 30.0
+        self._requests = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/daily_json.js"
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return self._requests
+
+    def start(self) -> "FakeBank":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests = 0
+        self.mode = "ok"
+        self.fixture = "daily_json.js"
+        self.delay = 0.0
+
+    def body(self) -> bytes:
+        return (FIXTURES / self.fixture).read_bytes()
+
+    def _answer(self) -> tuple[int, str, bytes]:
+        with self._lock:
+            self._requests += 1
+        if self.delay:
+            time.sleep(self.delay)
+        body = self.body()
+        match self.mode:
+            case "ok":
+                return 200, "application/javascript; charset=utf-8", body
+            case "error":
+                return 503, "text/plain", b"Service Temporarily Unavailable"
+            case "hang":
+                time.sleep(self.hang_seconds)
+                return 200, "application/javascript", body
+            case "html":
+                return 200, "text/html", b"<html><body><h1>403 Forbidden</h1></body></html>"
+            case "truncated":
+                return 200, "application/javascript", body[: len(body) // 2]
+            case "zero_rate":
+                return 200, "application/javascript", _usd_value(body, b"0")
+            case "no_usd":
+                return 200, "application/javascript", body.replace(b'"USD"', b'"XXX"')
+            case "not_json":
+                return 200, "application/javascript", b"\x00\xff garbage \xfe"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        bank = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, content_type, body = bank._answer()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (a timeout test)
+                    pass
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def _usd_value(body: bytes, value: bytes) -> bytes:
+    """The same answer with the USD entry's Value replaced."""
+    start = body.index(b'"CharCode": "USD"')
+    value_at = body.index(b'"Value":', start) + len(b'"Value":')
+    end = body.index(b",", value_at)
+    return body[:value_at] + b" " + value + body[end:]
