@@ -24,6 +24,14 @@ CI = os.environ.get("CI", "").lower() == "true"
 TYPES = [{"id": 1, "name": "clothes"}, {"id": 2, "name": "electronics"}, {"id": 3, "name": "misc"}]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, one xdist worker takes a stack's tests: each sets up one stack."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "stack" in callspec.params:
+            item.add_marker(pytest.mark.xdist_group(callspec.params["stack"]))
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test process works in its own folder, so the embedded stack's `var/` is private to it."""

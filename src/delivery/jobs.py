@@ -1,4 +1,4 @@
-"""The logic of the worker's jobs: the cost formula, registering a package, pricing the ones without a cost."""
+"""The worker's jobs as plain functions: the cost formula, registering a package, pricing the rest."""
 
 import logging
 import time
@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import case, false, select, update
+from sqlalchemy import Executable, case, false, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,7 +31,7 @@ PRICING_BATCH = 500
 
 
 def compute_cost(weight_kg: Decimal, content_value_usd: Decimal, usd_rub: Decimal) -> Decimal:
-    """(weight × 0.5 + value × 0.01) × rate, rounded half-up to the kopeck: the only place that rounds."""
+    """(weight * 0.5 + value * 0.01) * rate, rounded half-up to the kopeck: the only place that rounds."""
     return ((weight_kg * WEIGHT_RATE_USD + content_value_usd * VALUE_SHARE) * usd_rub).quantize(
         KOPECK, rounding=ROUND_HALF_UP
     )
@@ -175,8 +175,9 @@ async def price_pending(
     last_id = 0
     while True:
         async with maker() as db:
-            if db.bind.dialect.name == "sqlite":
-                await db.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+            if _dialect(db) == "sqlite":
+                # Take SQLite's write lock before the claim, so overlapping runs claim in turn.
+                await db.execute(text("BEGIN IMMEDIATE"))
             claim = (
                 select(Package.id, Package.type_id, Package.weight_kg, Package.content_value_usd)
                 .where(Package.has_cost == false(), Package.id > last_id)
@@ -237,21 +238,26 @@ async def _add_daily_totals(db: AsyncSession, day: date, costs: Iterable[tuple[i
         {"day": day, "type_id": type_id, "packages": count, "total_cost_rub": total}
         for type_id, (count, total) in sorted(sums.items())
     ]
-    table = DailyCostTotal.__table__
-    if db.bind.dialect.name == "sqlite":
-        stmt = sqlite.insert(table)
-        stmt = stmt.on_conflict_do_update(
+    totals = DailyCostTotal
+    stmt: Executable
+    if _dialect(db) == "sqlite":
+        lite = sqlite.insert(totals)
+        stmt = lite.on_conflict_do_update(
             index_elements=["day", "type_id"],
             set_={
-                "packages": table.c.packages + stmt.excluded.packages,
-                "total_cost_rub": table.c.total_cost_rub + stmt.excluded.total_cost_rub,
+                "packages": totals.packages + lite.excluded.packages,
+                "total_cost_rub": totals.total_cost_rub + lite.excluded.total_cost_rub,
             },
         )
     else:
-        stmt = mysql.insert(table)
-        stmt = stmt.on_duplicate_key_update(
-            packages=table.c.packages + stmt.inserted.packages,
-            total_cost_rub=table.c.total_cost_rub + stmt.inserted.total_cost_rub,
+        my = mysql.insert(totals)
+        stmt = my.on_duplicate_key_update(
+            packages=totals.packages + my.inserted.packages,
+            total_cost_rub=totals.total_cost_rub + my.inserted.total_cost_rub,
         )
     for row in rows:
         await db.execute(stmt, row)
+
+
+def _dialect(db: AsyncSession) -> str:
+    return db.get_bind().dialect.name

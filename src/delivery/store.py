@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
-import diskcache
+import diskcache  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -60,8 +60,8 @@ class RedisStore:
 
     async def get(self, key: str) -> str | None:
         async with _unavailable_on_error():
-            value: str | None = await self._redis.get(key)
-            return value
+            value = await self._redis.get(key)
+            return None if value is None else str(value)
 
     async def set(self, key: str, value: str, *, ttl: float) -> None:
         async with _unavailable_on_error():

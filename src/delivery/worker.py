@@ -37,7 +37,7 @@ MAX_BACKOFF = 60.0
 
 
 def create_celery(settings: Settings) -> Celery:
-    """A Celery app for `settings`: real broker and Redis results when their URLs are set, embedded otherwise."""
+    """A Celery app for `settings`: the real broker and Redis when their URLs are set, else embedded."""
     app = Celery("delivery")
     app.conf.update(
         broker_url=str(settings.CELERY_BROKER_URL) if settings.CELERY_BROKER_URL else "filesystem://",
@@ -53,7 +53,7 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in (REGISTRATION_QUEUE, PRICING_QUEUE)],
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (REGISTRATION_QUEUE, PRICING_QUEUE)],
         task_default_queue=REGISTRATION_QUEUE,
         task_routes={REGISTER_TASK: {"queue": REGISTRATION_QUEUE}, PRICE_TASK: {"queue": PRICING_QUEUE}},
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},

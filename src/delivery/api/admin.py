@@ -44,7 +44,7 @@ async def bind_transport_company(package_id: int, body: TransportCompanyBind, db
     return await service.bind_transport_company(db, package_id, body.company_id)
 
 
-@router.get("/admin/stats/daily-costs/", response_model=DailyCosts)
+@router.get("/admin/stats/daily-costs/")
 async def daily_costs(db: DbSession, day: Annotated[date, Query(alias="date")]) -> DailyCosts:
     """The delivery costs calculated on a UTC day, summed by type."""
     rows = await service.daily_costs(db, day)
@@ -57,19 +57,19 @@ async def daily_costs(db: DbSession, day: Annotated[date, Query(alias="date")]) 
     )
 
 
-@router.post("/admin/jobs/price-packages/", status_code=202, response_model=JobAccepted)
+@router.post("/admin/jobs/price-packages/", status_code=202)
 async def price_packages(resources: ResourcesDep) -> JobAccepted:
     """Run the periodic pricing job now."""
-    result = await anyio.to_thread.run_sync(resources.celery.send_task, PRICE_TASK)
+    result: AsyncResult[Any] = await anyio.to_thread.run_sync(resources.celery.send_task, PRICE_TASK)
     return JobAccepted(task_id=result.id)
 
 
-@router.get("/admin/jobs/{task_id}/", response_model=JobState)
+@router.get("/admin/jobs/{task_id}/")
 async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
     """A job's state and result, from Celery's result backend."""
 
     def read() -> JobState:
-        result = AsyncResult(task_id, app=resources.celery)
+        result: AsyncResult[Any] = AsyncResult(task_id, app=resources.celery)
         state = result.state
         value = result.result
         return JobState(

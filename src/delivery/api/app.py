@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Delivery service",
-        summary="Registers parcels asynchronously and prices them at the Central Bank of Russia's USD/RUB rate.",
+        summary="Registers parcels asynchronously; prices them at the Central Bank of Russia's USD/RUB rate.",
         version="0.1.0",
         lifespan=lifespan,
         max_body_size=MAX_BODY_SIZE,

@@ -57,6 +57,6 @@ async def _store(resources: Resources) -> None:
 async def _broker(resources: Resources) -> None:
     def connect() -> None:
         with resources.celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
+            connection.ensure_connection(max_retries=1, timeout=int(CHECK_TIMEOUT))
 
     await anyio.to_thread.run_sync(connect, abandon_on_cancel=True)

@@ -30,7 +30,7 @@ async def list_types(db: DbSession) -> Any:
     return await service.list_types(db)
 
 
-@router.get("/packages/", response_model=PackagePage, responses=UNAUTHENTICATED | UNAVAILABLE)
+@router.get("/packages/", responses=UNAUTHENTICATED | UNAVAILABLE)
 async def list_packages(
     db: DbSession,
     session_id: SessionId,
@@ -51,7 +51,6 @@ async def list_packages(
 @router.post(
     "/packages/",
     status_code=202,
-    response_model=RegistrationAccepted,
     responses=UNAUTHENTICATED
     | UNAVAILABLE
     | {202: {"headers": {"Location": {"description": "the status URL", "schema": {"type": "string"}}}}},
@@ -84,7 +83,6 @@ async def register_package(
 
 @router.get(
     "/packages/status/{status_id}/",
-    response_model=RegistrationStatus,
     responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
 )
 async def registration_status(

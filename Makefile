@@ -1,0 +1,41 @@
+# The project's commands. Needs only Python >= 3.11 and make: uv and the locked dependencies
+# are installed into .tools/ and .venv/ on first use.
+
+PYTHON ?= python3
+UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
+BIN := .venv/bin
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test lint check-tests migrate price refresh-rate bench clean
+
+run: .venv/.synced migrate
+	$(BIN)/honcho start --procfile Procfile --no-prefix
+
+test: lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+lint: .venv/.synced
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+migrate: .venv/.synced
+	@mkdir -p var
+	$(BIN)/delivery migrate
+
+price: .venv/.synced
+	$(BIN)/delivery price
+
+refresh-rate: .venv/.synced
+	$(BIN)/delivery refresh-rate
+
+clean:
+	rm -rf var .venv .tools
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv
