@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: run test lint check-tests migrate price refresh-rate bench clean
 
 run: .venv/.synced migrate
-	$(BIN)/honcho start --procfile Procfile --no-prefix
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile
 
 test: lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup

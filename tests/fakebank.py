@@ -17,9 +17,14 @@ class FakeBank:
     def __init__(self) -> None:
         self.mode: Mode = "ok"
         self.fixture = "daily_json.js"
+        #: Served instead of the fixture when set (an answer built by a test).
+        self.custom_body: bytes | None = None
         self.delay = 0.0
+        #: The status code of mode "error".
+        self.error_status = 503
         self.hang_seconds = 30.0
         self._requests = 0
+        self._headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -35,6 +40,16 @@ class FakeBank:
         with self._lock:
             return self._requests
 
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        """The headers of each request received since the last reset, names lowercased."""
+        with self._lock:
+            return [dict(h) for h in self._headers]
+
+    @property
+    def user_agents(self) -> list[str]:
+        return [h.get("user-agent", "") for h in self.headers]
+
     def start(self) -> "FakeBank":
         self._thread.start()
         return self
@@ -46,12 +61,21 @@ class FakeBank:
     def reset(self) -> None:
         with self._lock:
             self._requests = 0
+            self._headers.clear()
         self.mode = "ok"
         self.fixture = "daily_json.js"
+        self.custom_body = None
         self.delay = 0.0
+        self.error_status = 503
 
     def body(self) -> bytes:
+        if self.custom_body is not None:
+            return self.custom_body
         return (FIXTURES / self.fixture).read_bytes()
+
+    def _record(self, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._headers.append(headers)
 
     def _answer(self) -> tuple[int, str, bytes]:
         with self._lock:
@@ -63,7 +87,7 @@ class FakeBank:
             case "ok":
                 return 200, "application/javascript; charset=utf-8", body
             case "error":
-                return 503, "text/plain", b"Service Temporarily Unavailable"
+                return self.error_status, "text/plain", b"Service Temporarily Unavailable"
             case "hang":
                 time.sleep(self.hang_seconds)
                 return 200, "application/javascript", body
@@ -83,6 +107,7 @@ class FakeBank:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                bank._record({name.lower(): value for name, value in self.headers.items()})
                 status, content_type, body = bank._answer()
                 try:
                     self.send_response(status)

@@ -12,3 +12,4 @@ def configure_logging(level: str | None = None) -> None:
     # SQL echo only when asked for with LOG_LEVEL=DEBUG.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
