@@ -18,6 +18,7 @@ def serve() -> int:
         host=settings.HOST,
         port=settings.PORT,
         log_config=None,
+        access_log=False,  # delivery.access logs each request, with its request id
         proxy_headers=True,
         timeout_graceful_shutdown=20,
     )

@@ -1,15 +1,52 @@
-"""Logging for the API and the worker, configured in one place."""
+"""Logging for the API and the worker, configured in one place.
+
+`LOG_LEVEL` (default INFO; DEBUG also echoes SQL) and `LOG_FORMAT` (`text`, the default, or `json`: one JSON
+object per line) come from the environment. Every line carries the request id of the HTTP request, or the
+registration id of the job, it was logged under.
+"""
 
 import logging
 import os
+from contextvars import ContextVar
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+registration_id: ContextVar[str | None] = ContextVar("registration_id", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]%(context)s %(message)s"
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 
 
-def configure_logging(level: str | None = None) -> None:
-    level = (level or os.environ.get("LOG_LEVEL", "INFO")).upper()
-    logging.basicConfig(level=level, format=FORMAT, force=True)
+class ContextFilter(logging.Filter):
+    """Adds `request_id` and `registration_id` to every record (and `context`, their text form)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        record.registration_id = registration_id.get()
+        names = ("request_id", "registration_id")
+        record.context = "".join(f" {name}={value}" for name in names if (value := getattr(record, name)))
+        return True
+
+
+def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
+    level = (level or os.environ.get("LOG_LEVEL") or "INFO").upper()
+    fmt = (fmt or os.environ.get("LOG_FORMAT") or "text").lower()
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    if fmt == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                JSON_FIELDS,
+                rename_fields={"levelname": "level", "asctime": "time"},
+                reserved_attrs=[*RESERVED_ATTRS, "context"],
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # SQL echo only when asked for with LOG_LEVEL=DEBUG.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -14,15 +14,14 @@ from typing import Any, TypeVar
 import httpx
 import sqlalchemy.exc
 from celery import Celery, Task
-from celery.signals import setup_logging, worker_process_shutdown
+from celery.signals import setup_logging, task_prerun, worker_process_shutdown
 from kombu import Exchange, Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from delivery import jobs
+from delivery import jobs, logs
 from delivery.config import EMBEDDED_DIR, Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.errors import ServiceUnavailable
-from delivery.logs import configure_logging
 from delivery.rates import RateCache, new_http_client
 from delivery.store import Store, create_store
 
@@ -101,7 +100,13 @@ app = create_celery(settings)
 
 @setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    configure_logging()
+    logs.configure_logging()
+
+
+@task_prerun.connect
+def _log_context(task_id: str, task: Task[Any, Any], **_: Any) -> None:
+    # A registration's task id is its registration id: every line of the job carries it.
+    logs.registration_id.set(task_id if task.name == REGISTER_TASK else None)
 
 
 # --- one event loop and one set of connections per worker process ---

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from delivery.api import admin, health, packages, sessions
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
+from delivery.api.middleware import RequestIdMiddleware
 from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.store import create_store
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     register_exception_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     for module in (sessions, packages, admin, health):
         app.include_router(module.router)
     return app
