@@ -112,8 +112,8 @@ def prepare_real(worker_id: str, bank_url: str) -> Settings:
     redis_url = urlunsplit(redis_parts._replace(path=f"/{1 + index % 15}"))
     return Settings(
         DATABASE_URL=base.set(database=database).render_as_string(hide_password=False),
-        REDIS_URL=redis_url,  # type: ignore[arg-type]
-        CELERY_BROKER_URL=_vhost(TEST_BROKER_URL, f"delivery-test-{index}"),  # type: ignore[arg-type]
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=_vhost(TEST_BROKER_URL, f"delivery-test-{index}"),
         **common_settings(bank_url),
     )
 

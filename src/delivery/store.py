@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
-import diskcache  # type: ignore[import-untyped]
+import diskcache
 import redis.asyncio as aioredis
 import redis.exceptions
 

@@ -42,9 +42,11 @@ def _configure(connection: Connection) -> None:
 
 async def _run_online() -> None:
     engine = create_engine(_settings())
-    async with engine.connect() as connection:
-        await connection.run_sync(_configure)
-    await engine.dispose()
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_configure)
+    finally:
+        await engine.dispose()
 
 
 if context.is_offline_mode():

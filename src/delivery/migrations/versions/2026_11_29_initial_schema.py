@@ -141,19 +141,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("cost_calculations", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_cost_calculations_calculated_at"))
-
-    op.drop_table("cost_calculations")
-    with op.batch_alter_table("packages", schema=None) as batch_op:
-        batch_op.drop_index("ix_packages_session_type_id")
-        batch_op.drop_index("ix_packages_session_has_cost_id")
-        batch_op.drop_index("ix_packages_has_cost_id")
-
-    op.drop_table("packages")
-    op.drop_table("daily_cost_totals")
-    with op.batch_alter_table("sessions", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_sessions_expires_at"))
-
-    op.drop_table("sessions")
-    op.drop_table("package_types")
+    # Dropping a table drops its indexes; MariaDB refuses to drop an index that backs a foreign key first.
+    for table in ("cost_calculations", "daily_cost_totals", "packages", "sessions", "package_types"):
+        op.drop_table(table)

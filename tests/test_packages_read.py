@@ -1,0 +1,525 @@
+"""GET /packages/ and /packages/{id}/: ownership, order, filters, pages, exact decimals, one query a page."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tests.factories import add_package, add_packages, add_session, open_session, use_session
+
+Maker = async_sessionmaker[AsyncSession]
+PACKAGE_KEYS = {
+    "id",
+    "name",
+    "weight_kg",
+    "type",
+    "content_value_usd",
+    "delivery_cost_rub",
+    "transport_company_id",
+    "created_at",
+}
+CLOTHES = {"id": 1, "name": "clothes"}
+ELECTRONICS = {"id": 2, "name": "electronics"}
+MISC = {"id": 3, "name": "misc"}
+
+
+async def list_packages(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
+    response = await client.get("/packages/", params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def ids(page: dict[str, Any]) -> list[int]:
+    return [item["id"] for item in page["items"]]
+
+
+def assert_error_names(response: httpx.Response, location: list[str]) -> None:
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, list)
+    assert any(error["loc"] == location for error in detail), detail
+
+
+@contextmanager
+def statements(client: httpx.AsyncClient) -> Iterator[list[str]]:
+    """The SQL statements the app's engine sends while the block runs."""
+    engine: Engine = client.app.state.resources.engine.sync_engine  # type: ignore[attr-defined]
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+# --- the shape of a package ---
+
+
+async def test_package_shape_and_exact_decimals(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    package_id = await add_package(
+        maker,
+        session_id=session_id,
+        type_id=1,
+        name="Winter jacket",
+        weight_kg=Decimal("1.25"),
+        content_value_usd=Decimal("120"),
+        delivery_cost_rub=Decimal("5617.16"),
+    )
+
+    (item,) = (await list_packages(client))["items"]
+
+    assert set(item) == PACKAGE_KEYS
+    assert item["id"] == package_id
+    assert item["name"] == "Winter jacket"
+    assert item["weight_kg"] == "1.250"
+    assert item["type"] == CLOTHES
+    assert item["content_value_usd"] == "120.00"
+    assert item["delivery_cost_rub"] == "5617.16"
+    assert item["transport_company_id"] is None
+
+
+async def test_decimals_are_strings_with_fixed_places_in_the_raw_json(
+    client: httpx.AsyncClient, maker: Maker
+) -> None:
+    session_id = await open_session(client)
+    await add_package(
+        maker,
+        session_id=session_id,
+        weight_kg=Decimal("2"),
+        content_value_usd=Decimal("0.5"),
+        delivery_cost_rub=Decimal("10.1"),
+    )
+
+    response = await client.get("/packages/")
+
+    assert response.status_code == 200
+    text = response.text
+    assert '"weight_kg":"2.000"' in text.replace(" ", "")
+    assert '"content_value_usd":"0.50"' in text.replace(" ", "")
+    assert '"delivery_cost_rub":"10.10"' in text.replace(" ", "")
+
+
+async def test_cost_not_calculated_is_null(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    package_id = await add_package(maker, session_id=session_id, delivery_cost_rub=None)
+
+    (item,) = (await list_packages(client))["items"]
+    detail = (await client.get(f"/packages/{package_id}/")).json()
+
+    assert item["delivery_cost_rub"] is None
+    assert detail["delivery_cost_rub"] is None
+    assert "delivery_cost_rub" in detail
+
+
+@pytest.mark.parametrize(
+    ("weight", "value", "cost", "expected"),
+    [
+        pytest.param(
+            Decimal("999.999"),
+            Decimal("999999999.99"),
+            Decimal("12345678901.23"),
+            ("999.999", "999999999.99", "12345678901.23"),
+            id="largest",
+        ),
+        pytest.param(
+            Decimal("1000"),
+            Decimal("1000000000"),
+            Decimal("123456789012.34"),
+            ("1000.000", "1000000000.00", "123456789012.34"),
+            id="upper-bounds",
+        ),
+        pytest.param(
+            Decimal("0.001"), Decimal("0"), Decimal("0.01"), ("0.001", "0.00", "0.01"), id="smallest"
+        ),
+        pytest.param(
+            Decimal("0.1"),
+            Decimal("0.1"),
+            Decimal("0.3"),
+            ("0.100", "0.10", "0.30"),
+            id="not-binary-fractions",
+        ),
+    ],
+)
+async def test_exact_values_survive_the_round_trip(
+    client: httpx.AsyncClient,
+    maker: Maker,
+    weight: Decimal,
+    value: Decimal,
+    cost: Decimal,
+    expected: tuple[str, str, str],
+) -> None:
+    session_id = await open_session(client)
+    package_id = await add_package(
+        maker, session_id=session_id, weight_kg=weight, content_value_usd=value, delivery_cost_rub=cost
+    )
+
+    (item,) = (await list_packages(client))["items"]
+    detail = (await client.get(f"/packages/{package_id}/")).json()
+
+    for body in (item, detail):
+        assert (body["weight_kg"], body["content_value_usd"], body["delivery_cost_rub"]) == expected
+
+
+async def test_created_at_is_utc_iso_8601(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    stamp = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=UTC)
+    await add_package(maker, session_id=session_id, created_at=stamp)
+    before = datetime.now(UTC)
+    await add_package(maker, session_id=session_id)
+    after = datetime.now(UTC)
+
+    newer, older = (await list_packages(client))["items"]
+
+    for item in (newer, older):
+        assert item["created_at"].endswith(("Z", "+00:00")), item["created_at"]
+    assert datetime.fromisoformat(older["created_at"]) == stamp
+    created = datetime.fromisoformat(newer["created_at"])
+    assert before - timedelta(seconds=1) <= created <= after + timedelta(seconds=1)
+
+
+async def test_transport_company_id(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    await add_package(maker, session_id=session_id, transport_company_id=None)
+    await add_package(maker, session_id=session_id, transport_company_id=7)
+
+    bound, unbound = (await list_packages(client))["items"]
+
+    assert bound["transport_company_id"] == 7
+    assert unbound["transport_company_id"] is None
+
+
+# --- the list: ownership, order, filters, pages ---
+
+
+async def test_list_is_newest_first(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    first = await add_package(maker, session_id=session_id, name="first", type_id=1)
+    second = await add_package(maker, session_id=session_id, name="second", type_id=2)
+    third = await add_package(maker, session_id=session_id, name="third", type_id=3)
+
+    page = await list_packages(client)
+
+    assert ids(page) == [third, second, first]
+    assert [item["name"] for item in page["items"]] == ["third", "second", "first"]
+    assert [item["type"] for item in page["items"]] == [MISC, ELECTRONICS, CLOTHES]
+    assert (page["total"], page["page"], page["size"], page["pages"]) == (3, 1, 20, 1)
+
+
+async def test_list_is_in_id_order_not_creation_time(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    older_id = await add_package(maker, session_id=session_id, created_at=datetime(2030, 1, 1, tzinfo=UTC))
+    newer_id = await add_package(maker, session_id=session_id, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+
+    assert ids(await list_packages(client)) == [newer_id, older_id]
+
+
+async def test_empty_list(customer: httpx.AsyncClient) -> None:
+    page = await list_packages(customer)
+
+    assert page["items"] == []
+    assert page["total"] == 0
+    assert (page["page"], page["size"]) == (1, 20)
+
+
+async def test_list_shows_only_this_sessions_packages(client: httpx.AsyncClient, maker: Maker) -> None:
+    other_id, other_token = await add_session(maker)
+    theirs = await add_packages(maker, session_id=other_id, count=3, type_id=2)
+    mine_id = await open_session(client)
+    mine = [
+        await add_package(maker, session_id=mine_id, type_id=2),
+        await add_package(maker, session_id=mine_id, type_id=2, delivery_cost_rub=Decimal("1.00")),
+    ]
+    theirs.append(await add_package(maker, session_id=other_id, type_id=2, delivery_cost_rub=Decimal("2.00")))
+
+    for params in (
+        {},
+        {"type": 2},
+        {"has_cost": "true"},
+        {"has_cost": "false"},
+        {"type": 2, "has_cost": "true"},
+    ):
+        page = await list_packages(client, **params)
+        assert not set(ids(page)) & set(theirs), params
+    page = await list_packages(client)
+    assert ids(page) == mine[::-1]
+    assert page["total"] == 2
+
+    use_session(client, other_token)
+    page = await list_packages(client)
+    assert ids(page) == theirs[::-1]
+    assert page["total"] == 4
+
+
+async def filter_fixture(client: httpx.AsyncClient, maker: Maker) -> dict[str, tuple[int, bool]]:
+    """Six packages of this session: name -> (type id, has a cost), inserted in this order."""
+    session_id = await open_session(client)
+    layout = {
+        "c1": (1, True),
+        "e1": (2, False),
+        "c2": (1, False),
+        "m1": (3, True),
+        "e2": (2, True),
+        "c3": (1, True),
+    }
+    for name, (type_id, priced) in layout.items():
+        await add_package(
+            maker,
+            session_id=session_id,
+            name=name,
+            type_id=type_id,
+            delivery_cost_rub=Decimal("100.00") if priced else None,
+        )
+    return layout
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        pytest.param({}, ["c3", "e2", "m1", "c2", "e1", "c1"], id="none"),
+        pytest.param({"type": 1}, ["c3", "c2", "c1"], id="type=1"),
+        pytest.param({"type": 2}, ["e2", "e1"], id="type=2"),
+        pytest.param({"type": 3}, ["m1"], id="type=3"),
+        pytest.param({"has_cost": "true"}, ["c3", "e2", "m1", "c1"], id="has_cost=true"),
+        pytest.param({"has_cost": "false"}, ["c2", "e1"], id="has_cost=false"),
+        pytest.param({"type": 1, "has_cost": "true"}, ["c3", "c1"], id="type=1&has_cost=true"),
+        pytest.param({"type": 1, "has_cost": "false"}, ["c2"], id="type=1&has_cost=false"),
+        pytest.param({"type": 3, "has_cost": "false"}, [], id="type=3&has_cost=false"),
+        pytest.param({"type": 99}, [], id="unknown type"),
+    ],
+)
+async def test_filters(
+    client: httpx.AsyncClient, maker: Maker, params: dict[str, Any], expected: list[str]
+) -> None:
+    layout = await filter_fixture(client, maker)
+
+    page = await list_packages(client, **params)
+
+    assert [item["name"] for item in page["items"]] == expected
+    assert page["total"] == len(expected)
+    for item in page["items"]:
+        type_id, priced = layout[item["name"]]
+        assert item["type"]["id"] == type_id
+        assert (item["delivery_cost_rub"] is not None) == priced
+
+
+async def test_filter_combines_with_pages(client: httpx.AsyncClient, maker: Maker) -> None:
+    await filter_fixture(client, maker)
+
+    first = await list_packages(client, type=1, has_cost="true", size=1, page=1)
+    second = await list_packages(client, type=1, has_cost="true", size=1, page=2)
+    third = await list_packages(client, type=1, has_cost="true", size=1, page=3)
+
+    assert [item["name"] for item in first["items"]] == ["c3"]
+    assert [item["name"] for item in second["items"]] == ["c1"]
+    assert third["items"] == []
+    for page in (first, second, third):
+        assert (page["total"], page["pages"], page["size"]) == (2, 2, 1)
+
+
+async def test_pagination(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    created = await add_packages(maker, session_id=session_id, count=7)
+    newest_first = created[::-1]
+
+    pages = [await list_packages(client, size=3, page=n) for n in (1, 2, 3)]
+
+    assert [ids(page) for page in pages] == [newest_first[0:3], newest_first[3:6], newest_first[6:7]]
+    for n, page in enumerate(pages, start=1):
+        assert (page["total"], page["page"], page["size"], page["pages"]) == (7, n, 3, 3)
+
+
+@pytest.mark.parametrize("page_number", [4, 5, 1000])
+async def test_page_past_the_end(client: httpx.AsyncClient, maker: Maker, page_number: int) -> None:
+    session_id = await open_session(client)
+    await add_packages(maker, session_id=session_id, count=7)
+
+    page = await list_packages(client, size=3, page=page_number)
+
+    assert page["items"] == []
+    assert (page["total"], page["page"], page["size"], page["pages"]) == (7, page_number, 3, 3)
+
+
+async def test_exact_multiple_of_size(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    await add_packages(maker, session_id=session_id, count=6)
+
+    last = await list_packages(client, size=3, page=2)
+    past = await list_packages(client, size=3, page=3)
+
+    assert len(last["items"]) == 3
+    assert last["pages"] == 3 - 1
+    assert past["items"] == []
+
+
+async def test_default_size_is_20(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    created = await add_packages(maker, session_id=session_id, count=21)
+
+    first = await list_packages(client)
+    second = await list_packages(client, page=2)
+
+    assert ids(first) == created[::-1][:20]
+    assert ids(second) == [created[0]]
+    assert (first["size"], first["pages"], first["total"]) == (20, 2, 21)
+
+
+async def test_size_100_is_allowed(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    created = await add_packages(maker, session_id=session_id, count=101)
+
+    page = await list_packages(client, size=100)
+
+    assert ids(page) == created[::-1][:100]
+    assert (page["size"], page["total"], page["pages"]) == (100, 101, 2)
+
+
+@pytest.mark.parametrize(
+    ("params", "location"),
+    [
+        pytest.param({"size": 0}, ["query", "size"], id="size=0"),
+        pytest.param({"size": 101}, ["query", "size"], id="size=101"),
+        pytest.param({"size": -1}, ["query", "size"], id="size=-1"),
+        pytest.param({"size": "ten"}, ["query", "size"], id="size=ten"),
+        pytest.param({"page": 0}, ["query", "page"], id="page=0"),
+        pytest.param({"page": -1}, ["query", "page"], id="page=-1"),
+        pytest.param({"page": "1.5"}, ["query", "page"], id="page=1.5"),
+        pytest.param({"type": "abc"}, ["query", "type"], id="type=abc"),
+        pytest.param({"has_cost": "maybe"}, ["query", "has_cost"], id="has_cost=maybe"),
+        pytest.param({"type": 1, "has_cost": "maybe"}, ["query", "has_cost"], id="good type, bad has_cost"),
+    ],
+)
+async def test_bad_query_values_are_422_naming_the_parameter(
+    customer: httpx.AsyncClient, params: dict[str, Any], location: list[str]
+) -> None:
+    response = await customer.get("/packages/", params=params)
+
+    assert_error_names(response, location)
+
+
+async def test_list_without_trailing_slash_keeps_the_query(client: httpx.AsyncClient, maker: Maker) -> None:
+    await filter_fixture(client, maker)
+
+    response = await client.get("/packages", params={"type": 2, "size": 1}, follow_redirects=True)
+
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert [item["name"] for item in page["items"]] == ["e2"]
+    assert (page["total"], page["size"]) == (2, 1)
+
+
+# --- one package ---
+
+
+async def test_detail_has_the_same_shape_as_the_list(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    priced = await add_package(
+        maker, session_id=session_id, type_id=2, delivery_cost_rub=Decimal("42.5"), transport_company_id=3
+    )
+    unpriced = await add_package(maker, session_id=session_id, type_id=3, name="Lamp")
+
+    listed = {item["id"]: item for item in (await list_packages(client))["items"]}
+
+    for package_id in (priced, unpriced):
+        response = await client.get(f"/packages/{package_id}/")
+        assert response.status_code == 200, response.text
+        assert set(response.json()) == PACKAGE_KEYS
+        assert response.json() == listed[package_id]
+    assert listed[priced]["delivery_cost_rub"] == "42.50"
+    assert listed[priced]["type"] == ELECTRONICS
+    assert listed[unpriced]["type"] == MISC
+    assert listed[unpriced]["name"] == "Lamp"
+
+
+async def test_detail_without_trailing_slash(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id = await open_session(client)
+    package_id = await add_package(maker, session_id=session_id, name="No slash")
+
+    response = await client.get(f"/packages/{package_id}", follow_redirects=True)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["id"] == package_id
+    assert response.json()["name"] == "No slash"
+
+
+async def test_another_sessions_package_is_indistinguishable_from_an_unknown_one(
+    client: httpx.AsyncClient, maker: Maker
+) -> None:
+    other_id, other_token = await add_session(maker)
+    theirs = await add_package(maker, session_id=other_id)
+    await open_session(client)
+    unknown = theirs + 1000
+
+    foreign = await client.get(f"/packages/{theirs}/")
+    missing = await client.get(f"/packages/{unknown}/")
+
+    assert foreign.status_code == 404
+    assert missing.status_code == 404
+    assert foreign.content == missing.content
+    assert foreign.headers["content-type"] == missing.headers["content-type"]
+    assert "detail" in foreign.json()
+    use_session(client, other_token)
+    assert (await client.get(f"/packages/{theirs}/")).status_code == 200
+
+
+@pytest.mark.parametrize("raw_id", ["abc", "1.5", "1e3", "%20"])
+async def test_non_integer_id_is_422(customer: httpx.AsyncClient, raw_id: str) -> None:
+    response = await customer.get(f"/packages/{raw_id}/")
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(error["loc"][0] == "path" for error in detail), detail
+
+
+async def test_detail_needs_a_session(client: httpx.AsyncClient, maker: Maker) -> None:
+    session_id, _ = await add_session(maker)
+    package_id = await add_package(maker, session_id=session_id)
+
+    response = await client.get(f"/packages/{package_id}/")
+
+    assert response.status_code == 401
+
+
+# --- cost: one query for the page, one count ---
+
+
+@pytest.mark.parametrize("size", [100, 5])
+async def test_a_page_costs_one_select_and_one_count(
+    client: httpx.AsyncClient, maker: Maker, size: int
+) -> None:
+    session_id = await open_session(client)
+    for type_id in (1, 2, 3, 1):
+        await add_packages(maker, session_id=session_id, count=25, type_id=type_id)
+
+    with statements(client) as seen:
+        page = await list_packages(client, size=size)
+
+    assert len(page["items"]) == size
+    assert {item["type"]["id"] for item in page["items"]} == ({1, 2, 3} if size == 100 else {1})
+    on_packages = [s for s in seen if "packages" in s.lower()]
+    assert len(on_packages) == 2, on_packages
+    assert sum("count(" in s.lower() for s in on_packages) == 1, on_packages
+    # The types come with the page, not from queries of their own.
+    assert not [s for s in seen if "package_types" in s.lower() and "packages" not in s.lower()], seen
+
+
+async def test_filtered_page_costs_one_select_and_one_count(client: httpx.AsyncClient, maker: Maker) -> None:
+    await filter_fixture(client, maker)
+
+    with statements(client) as seen:
+        page = await list_packages(client, type=1, has_cost="true")
+
+    assert page["total"] == 2
+    assert len([s for s in seen if "packages" in s.lower()]) == 2, seen
