@@ -5,17 +5,17 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import Executable, case, false, select, text, update
+from sqlalchemy import Executable, case, false, literal, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.db import utcnow
 from delivery.errors import RateUnavailable
-from delivery.models import CostCalculation, DailyCostTotal, Package, PackageType
+from delivery.models import MONEY_RUB, CostCalculation, DailyCostTotal, Package, PackageType
 from delivery.rates import Rate, RateCache
 from delivery.service import RegistrationJob, StatusRecord, status_key
 
@@ -123,7 +123,9 @@ async def create_package(
             await db.flush()
             if package.delivery_cost_rub is not None:
                 _log_costs(db, [(package.id, package.type_id, package.delivery_cost_rub)], rate, now)
-                await _add_daily_totals(db, now.date(), [(package.type_id, package.delivery_cost_rub)])
+                await _add_daily_totals(
+                    db, now.astimezone(UTC).date(), [(package.type_id, package.delivery_cost_rub)]
+                )
             await db.commit()
             return package.id
         except IntegrityError:
@@ -197,14 +199,17 @@ async def price_pending(
                 update(Package)
                 .where(Package.id.in_(costs), Package.delivery_cost_rub.is_(None))
                 .values(
-                    delivery_cost_rub=case({pid: cost for pid, (_, cost) in costs.items()}, value=Package.id),
+                    # Each value typed as the column, so it is stored exactly as the column stores amounts.
+                    delivery_cost_rub=case(
+                        {pid: literal(cost, MONEY_RUB) for pid, (_, cost) in costs.items()}, value=Package.id
+                    ),
                     usd_rub_rate=rate.usd_rub,
                     rate_date=rate.date,
                 )
                 .execution_options(synchronize_session=False)
             )
             _log_costs(db, [(pid, type_id, cost) for pid, (type_id, cost) in costs.items()], rate, now)
-            await _add_daily_totals(db, now.date(), costs.values())
+            await _add_daily_totals(db, now.astimezone(UTC).date(), costs.values())
             await db.commit()
             priced += result.rowcount  # type: ignore[attr-defined]
             last_id = rows[-1].id

@@ -1,0 +1,358 @@
+"""Daily cost totals: what the pricing jobs log, and what GET /admin/stats/daily-costs/ sums from it."""
+
+import asyncio
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from delivery.jobs import create_package, price_pending
+from delivery.models import ClientSession, CostCalculation, Package
+from delivery.rates import Rate
+from delivery.service import RegistrationJob, hash_token
+from tests.stack import Stack
+
+Maker = async_sessionmaker[AsyncSession]
+Json = dict[str, Any]
+Spec = tuple[int, str, str]  # type_id, weight_kg, content_value_usd
+
+TYPES: list[tuple[int, str]] = [(1, "clothes"), (2, "electronics"), (3, "misc")]
+DAY1 = date(2025, 6, 26)
+DAY2 = date(2025, 6, 27)
+RATE1 = Rate(usd_rub=Decimal("78.1959"), date=DAY1)
+RATE2 = Rate(usd_rub=Decimal("81.23456789"), date=DAY2)
+KOPECK = Decimal("0.01")
+
+
+# --- helpers ---
+
+
+def at(day: date, hour: int = 12, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, second, micro, tzinfo=UTC)
+
+
+def fixed(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
+
+
+def cost(weight: str, value: str, usd_rub: Decimal) -> Decimal:
+    """The contract's formula, written out here rather than borrowed from the code under test."""
+    raw = (Decimal(weight) * Decimal("0.5") + Decimal(value) * Decimal("0.01")) * usd_rub
+    return raw.quantize(KOPECK, rounding=ROUND_HALF_UP)
+
+
+async def new_session(maker: Maker) -> int:
+    now = datetime.now(UTC)
+    async with maker() as db:
+        row = ClientSession(
+            token_hash=hash_token(uuid.uuid4().hex), created_at=now, expires_at=now + timedelta(hours=1)
+        )
+        db.add(row)
+        await db.commit()
+        return row.id
+
+
+async def add_unpriced(maker: Maker, session_id: int, specs: Sequence[Spec]) -> list[int]:
+    """Insert packages without a cost, as a registration during a bank outage leaves them; their ids."""
+    now = datetime.now(UTC)
+    rows = [
+        Package(
+            registration_id=uuid.uuid4(),
+            session_id=session_id,
+            type_id=type_id,
+            name=f"parcel {i}",
+            weight_kg=Decimal(weight),
+            content_value_usd=Decimal(value),
+            created_at=now,
+        )
+        for i, (type_id, weight, value) in enumerate(specs)
+    ]
+    async with maker() as db:
+        db.add_all(rows)
+        await db.commit()
+        return [row.id for row in rows]
+
+
+def registration(session_id: int, spec: Spec) -> RegistrationJob:
+    type_id, weight, value = spec
+    return RegistrationJob(
+        registration_id=str(uuid.uuid4()),
+        session_id=session_id,
+        name="registered with a rate",
+        weight_kg=weight,
+        type_id=type_id,
+        content_value_usd=value,
+        accepted_at=time.time(),
+    )
+
+
+async def stored(maker: Maker) -> dict[int, Package]:
+    async with maker() as db:
+        return {p.id: p for p in (await db.scalars(select(Package))).all()}
+
+
+async def cost_log(maker: Maker) -> list[CostCalculation]:
+    async with maker() as db:
+        return list((await db.scalars(select(CostCalculation).order_by(CostCalculation.package_id))).all())
+
+
+def expected(day: date, priced: Iterable[tuple[int, Decimal]]) -> Json:
+    """The endpoint's answer for `day`, given the (type_id, cost) of every package priced that day."""
+    counts: Counter[int] = Counter()
+    sums: defaultdict[int, Decimal] = defaultdict(Decimal)
+    for type_id, amount in priced:
+        counts[type_id] += 1
+        sums[type_id] += amount
+    return {
+        "date": day.isoformat(),
+        "totals": [
+            {"type": {"id": tid, "name": name}, "packages": counts[tid], "total_cost_rub": f"{sums[tid]:.2f}"}
+            for tid, name in TYPES
+        ],
+    }
+
+
+def priced(package: Package) -> tuple[int, Decimal]:
+    assert package.delivery_cost_rub is not None, package.id
+    return package.type_id, package.delivery_cost_rub
+
+
+def from_log(log: Iterable[CostCalculation], day: date) -> list[tuple[int, Decimal]]:
+    return [(row.type_id, row.delivery_cost_rub) for row in log if row.calculated_at.date() == day]
+
+
+async def daily(client: httpx.AsyncClient, headers: dict[str, str], day: date | str) -> Json:
+    response = await client.get("/admin/stats/daily-costs/", params={"date": str(day)}, headers=headers)
+    assert response.status_code == 200, response.text
+    body: Json = response.json()
+    return body
+
+
+# --- the tests ---
+
+DAY1_SPECS: list[Spec] = [
+    (1, "1.25", "120"),
+    (1, "0.001", "0"),
+    (1, "3.333", "0.05"),
+    (2, "0.5", "999.99"),
+    (2, "12", "1499.5"),
+]
+DAY2_SPECS: list[Spec] = [
+    (2, "1000", "1000000000"),
+    (2, "999.999", "999999999.99"),
+    (3, "0.1", "0.1"),
+    (3, "7.777", "77.77"),
+    (3, "2", "0"),
+    (1, "0.3", "0.3"),
+]
+
+
+async def test_totals_by_type_and_day(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
+) -> None:
+    session_id = await new_session(maker)
+    day1_ids = await add_unpriced(maker, session_id, DAY1_SPECS)
+    assert await price_pending(maker, RATE1, clock=fixed(at(DAY1, 10))) == len(DAY1_SPECS)
+
+    day2_ids = await add_unpriced(maker, session_id, DAY2_SPECS)
+    assert await price_pending(maker, RATE2, clock=fixed(at(DAY2, 9, 30))) == len(DAY2_SPECS)
+    # Priced at registration, on day 2; and one registered without a rate, which counts nowhere.
+    registered_specs: list[Spec] = [(1, "4.5", "350.25"), (3, "0.25", "19.99")]
+    registered_ids = [
+        await create_package(maker, registration(session_id, spec), RATE2, clock=fixed(at(DAY2, 15)))
+        for spec in registered_specs
+    ]
+    unpriced_id = await create_package(
+        maker, registration(session_id, (2, "1", "1")), None, clock=fixed(at(DAY2, 16))
+    )
+
+    packages = await stored(maker)
+    assert packages[unpriced_id].delivery_cost_rub is None
+    day1 = [priced(packages[pid]) for pid in day1_ids]
+    day2 = [priced(packages[pid]) for pid in day2_ids + registered_ids]
+    # What is stored is the contract's formula at the rate of the day it was priced.
+    assert day1 == [(t, cost(w, v, RATE1.usd_rub)) for t, w, v in DAY1_SPECS]
+    assert day2 == [(t, cost(w, v, RATE2.usd_rub)) for t, w, v in DAY2_SPECS + registered_specs]
+
+    answer1 = await daily(client, admin_headers, DAY1)
+    answer2 = await daily(client, admin_headers, DAY2)
+    assert answer1 == expected(DAY1, day1)
+    assert answer2 == expected(DAY2, day2)
+    # The same numbers, from the log of cost calculations.
+    log = await cost_log(maker)
+    assert answer1 == expected(DAY1, from_log(log, DAY1))
+    assert answer2 == expected(DAY2, from_log(log, DAY2))
+    # A spot check of the sums written out, so the helper above cannot hide a mistake.
+    assert answer2["totals"][1]["packages"] == 2
+    assert Decimal(answer2["totals"][1]["total_cost_rub"]) == cost(
+        "1000", "1000000000", RATE2.usd_rub
+    ) + cost("999.999", "999999999.99", RATE2.usd_rub)
+    assert answer2["totals"][1]["total_cost_rub"] == "1624772592.32"
+    # The days around them have nothing.
+    for empty_day in (DAY1 - timedelta(days=1), DAY2 + timedelta(days=1)):
+        assert await daily(client, admin_headers, empty_day) == expected(empty_day, [])
+
+
+async def test_day_boundary_is_utc_midnight(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
+) -> None:
+    session_id = await new_session(maker)
+    last_moment = at(DAY1, 23, 59, 59, 999999)
+    midnight = at(DAY2, 0)
+    (late,) = await add_unpriced(maker, session_id, [(1, "2", "100")])
+    assert await price_pending(maker, RATE1, clock=fixed(last_moment)) == 1
+    (early,) = await add_unpriced(maker, session_id, [(1, "3", "200")])
+    assert await price_pending(maker, RATE1, clock=fixed(midnight)) == 1
+
+    assert await daily(client, admin_headers, DAY1) == expected(DAY1, [(1, cost("2", "100", RATE1.usd_rub))])
+    assert await daily(client, admin_headers, DAY2) == expected(DAY2, [(1, cost("3", "200", RATE1.usd_rub))])
+    times = {row.package_id: row.calculated_at for row in await cost_log(maker)}
+    assert times == {late: last_moment, early: midnight}
+
+
+async def test_a_day_with_nothing_lists_every_type_at_zero(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    answer = await daily(client, admin_headers, "2024-02-29")
+    assert answer == {
+        "date": "2024-02-29",
+        "totals": [
+            {"type": {"id": 1, "name": "clothes"}, "packages": 0, "total_cost_rub": "0.00"},
+            {"type": {"id": 2, "name": "electronics"}, "packages": 0, "total_cost_rub": "0.00"},
+            {"type": {"id": 3, "name": "misc"}, "packages": 0, "total_cost_rub": "0.00"},
+        ],
+    }
+
+
+@pytest.mark.parametrize("value", ["2024-02-30", "2023-02-29", "2024-13-01", "yesterday", "", None])
+async def test_bad_date_is_422(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], value: str | None
+) -> None:
+    params = {} if value is None else {"date": value}
+    response = await client.get("/admin/stats/daily-costs/", params=params, headers=admin_headers)
+    assert response.status_code == 422, response.text
+    assert any("date" in error["loc"] for error in response.json()["detail"]), response.text
+
+
+async def test_pricing_twice_counts_each_package_once(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
+) -> None:
+    session_id = await new_session(maker)
+    await add_unpriced(maker, session_id, DAY1_SPECS)
+    assert await price_pending(maker, RATE1, clock=fixed(at(DAY1, 10))) == len(DAY1_SPECS)
+    before = await daily(client, admin_headers, DAY1)
+    log_before = [(row.package_id, row.delivery_cost_rub) for row in await cost_log(maker)]
+
+    assert await price_pending(maker, RATE1, clock=fixed(at(DAY1, 11))) == 0
+    assert await price_pending(maker, RATE2, clock=fixed(at(DAY2, 11))) == 0
+
+    assert await daily(client, admin_headers, DAY1) == before
+    assert sum(t["packages"] for t in before["totals"]) == len(DAY1_SPECS)
+    assert await daily(client, admin_headers, DAY2) == expected(DAY2, [])
+    assert [(row.package_id, row.delivery_cost_rub) for row in await cost_log(maker)] == log_before
+
+
+async def test_registering_twice_counts_once(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
+) -> None:
+    """A redelivered registration job creates nothing new, so it adds nothing to the day."""
+    job = registration(await new_session(maker), (2, "1.5", "250"))
+    first = await create_package(maker, job, RATE1, clock=fixed(at(DAY1, 8)))
+    again = await create_package(maker, job, RATE1, clock=fixed(at(DAY1, 9)))
+    assert again == first
+    assert await daily(client, admin_headers, DAY1) == expected(
+        DAY1, [(2, cost("1.5", "250", RATE1.usd_rub))]
+    )
+    assert [row.package_id for row in await cost_log(maker)] == [first]
+
+
+async def test_overlapping_runs_price_each_package_once(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker, stack: Stack
+) -> None:
+    """Two runs at once, on different days and rates, in small batches so they interleave."""
+    count = 120
+    specs: list[Spec] = [(1 + i % 3, f"{1 + i % 7}.{i:03d}", f"{i * 13}.{i % 100:02d}") for i in range(count)]
+    ids = await add_unpriced(maker, await new_session(maker), specs)
+
+    priced = await asyncio.gather(
+        price_pending(maker, RATE1, batch_size=7, clock=fixed(at(DAY1, 12))),
+        price_pending(maker, RATE2, batch_size=7, clock=fixed(at(DAY2, 12))),
+    )
+    assert sum(priced) == count, priced
+    if stack.name == "real":
+        # Row locks let the runs share the work on MariaDB; SQLite may serialise them completely.
+        assert min(priced) > 0, priced
+
+    log = await cost_log(maker)
+    assert [row.package_id for row in log] == ids  # each exactly once
+    packages = await stored(maker)
+    rates = {DAY1: RATE1, DAY2: RATE2}
+    for row, (type_id, weight, value) in zip(log, specs, strict=True):
+        rate = rates[row.calculated_at.date()]
+        assert row.usd_rub_rate == rate.usd_rub
+        assert row.delivery_cost_rub == cost(weight, value, rate.usd_rub)
+        assert packages[row.package_id].delivery_cost_rub == row.delivery_cost_rub
+        assert packages[row.package_id].type_id == row.type_id == type_id
+
+    answer1 = await daily(client, admin_headers, DAY1)
+    answer2 = await daily(client, admin_headers, DAY2)
+    assert answer1 == expected(DAY1, from_log(log, DAY1))
+    assert answer2 == expected(DAY2, from_log(log, DAY2))
+    counted = sum(t["packages"] for t in answer1["totals"] + answer2["totals"])
+    assert counted == count
+
+
+async def test_overlapping_runs_on_one_day_keep_the_total(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker, stack: Stack
+) -> None:
+    count = 90
+    specs: list[Spec] = [(1 + i % 3, f"0.{i + 1:03d}", f"{i}.99") for i in range(count)]
+    ids = await add_unpriced(maker, await new_session(maker), specs)
+    clock = fixed(at(DAY1, 18))
+    priced = await asyncio.gather(
+        price_pending(maker, RATE1, batch_size=5, clock=clock),
+        price_pending(maker, RATE1, batch_size=5, clock=clock),
+    )
+    assert sum(priced) == count, priced
+    if stack.name == "real":
+        # Row locks let the runs share the work on MariaDB; SQLite may serialise them completely.
+        assert min(priced) > 0, priced
+    assert sorted(row.package_id for row in await cost_log(maker)) == ids
+    assert await daily(client, admin_headers, DAY1) == expected(
+        DAY1, [(t, cost(w, v, RATE1.usd_rub)) for t, w, v in specs]
+    )
+
+
+async def test_each_calculation_is_logged(maker: Maker) -> None:
+    session_id = await new_session(maker)
+    batch_ids = await add_unpriced(maker, session_id, DAY1_SPECS)
+    priced_at = at(DAY1, 10, 15, 30, 123456)
+    await price_pending(maker, RATE1, clock=fixed(priced_at))
+    registered_at = at(DAY2, 7, 0, 0, 1)
+    registered_id = await create_package(
+        maker, registration(session_id, (3, "2.5", "10.5")), RATE2, clock=fixed(registered_at)
+    )
+
+    packages = await stored(maker)
+    log = await cost_log(maker)
+    assert [row.package_id for row in log] == [*batch_ids, registered_id]
+    for row in log:
+        package = packages[row.package_id]
+        rate, moment = (RATE2, registered_at) if row.package_id == registered_id else (RATE1, priced_at)
+        assert row.type_id == package.type_id
+        assert row.delivery_cost_rub == package.delivery_cost_rub
+        assert row.delivery_cost_rub == cost(
+            str(package.weight_kg), str(package.content_value_usd), rate.usd_rub
+        )
+        assert row.usd_rub_rate == rate.usd_rub == package.usd_rub_rate
+        assert row.rate_date == rate.date == package.rate_date
+        assert row.calculated_at == moment
+    assert packages[registered_id].created_at == registered_at
