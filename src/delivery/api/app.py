@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from delivery.api import admin, health, packages, sessions
+from delivery.api import admin, health, packages, sessions, web
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
 from delivery.api.middleware import RequestIdMiddleware
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     register_exception_handlers(app)
     app.add_middleware(RequestIdMiddleware)
-    for module in (sessions, packages, admin, health):
+    for module in (sessions, packages, admin, health, web):
         app.include_router(module.router)
+    app.mount("/static", web.static, name="static")
     return app
