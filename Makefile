@@ -9,7 +9,9 @@ PYTEST_WORKERS ?= 2
 .PHONY: run test lint check-tests migrate price refresh-rate bench clean
 
 run: .venv/.synced migrate
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile
+	@rm -rf var/metrics && mkdir -p var/metrics
+	PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/var/metrics" PATH="$(CURDIR)/$(BIN):$$PATH" \
+		$(BIN)/honcho start --procfile Procfile
 
 test: lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from delivery import metrics
 from delivery.db import utcnow
 from delivery.errors import RateUnavailable
 from delivery.models import MONEY_RUB, CostCalculation, DailyCostTotal, Package, PackageType
@@ -72,8 +73,10 @@ async def process_registration(
     except RegistrationImpossible as exc:
         logger.error("registration failed registration_id=%s reason=%s", job.registration_id, exc)
         await record_outcome(store, job, error=str(exc))
+        metrics.REGISTRATIONS_DONE.labels("failed").inc()
         return None
     await record_outcome(store, job, package_id=package_id)
+    metrics.REGISTRATIONS_DONE.labels("registered" if rate else "registered_without_cost").inc()
     logger.info(
         "package registered registration_id=%s package_id=%s cost_known=%s",
         job.registration_id,

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from delivery import metrics
 from delivery.errors import RateUnavailable
 from delivery.store import Store
 
@@ -96,11 +97,16 @@ async def fetch_rate(client: httpx.AsyncClient, url: str) -> Rate:
         response.raise_for_status()
         rate = parse_daily(response.content)
     except httpx.HTTPError as exc:
+        metrics.BANK_FETCHES.labels("failed").inc()
         logger.warning("bank fetch failed url=%s error=%r", url, exc)
         raise RateUnavailable(f"bank request failed: {exc!r}") from None
     except RateFormatError as exc:
+        metrics.BANK_FETCHES.labels("failed").inc()
         logger.warning("bank answer rejected url=%s reason=%s", url, exc)
         raise RateUnavailable(f"bank answer rejected: {exc}") from None
+    finally:
+        metrics.BANK_LATENCY.observe(time.perf_counter() - started)
+    metrics.BANK_FETCHES.labels("ok").inc()
     logger.info(
         "bank rate fetched usd_rub=%s date=%s elapsed_ms=%.0f",
         rate.usd_rub,
@@ -123,7 +129,9 @@ class RateCache:
     async def get(self) -> Rate:
         cached = await self._store.get(CACHE_KEY)
         if cached is not None:
+            metrics.RATE_CACHE.labels("hit").inc()
             return Rate.loads(cached)
+        metrics.RATE_CACHE.labels("miss").inc()
         return await self._fetch_once()
 
     async def refresh(self) -> Rate:

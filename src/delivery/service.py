@@ -12,10 +12,11 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
+from delivery import metrics
 from delivery.db import utcnow
 from delivery.errors import NotFound, ServiceUnavailable, TransportCompanyConflict
 from delivery.models import ClientSession, DailyCostTotal, Package, PackageType
@@ -188,6 +189,7 @@ async def accept_registration(
         if idem_key is not None:
             await store.delete(idem_key, if_value=str(status_id))
         raise ServiceUnavailable("broker") from exc
+    metrics.REGISTRATIONS_ACCEPTED.inc()
     logger.info("registration accepted status_id=%s session_id=%s", status_id, session_id)
     return status_id
 
@@ -230,3 +232,9 @@ async def daily_costs(db: AsyncSession, day: date) -> list[tuple[PackageType, in
         (ptype, count or 0, total or Decimal("0.00"))
         for ptype, count, total in (await db.execute(stmt)).all()
     ]
+
+
+async def count_awaiting_cost(db: AsyncSession) -> int:
+    return (
+        await db.execute(select(func.count()).select_from(Package).where(Package.has_cost == false()))
+    ).scalar_one()

@@ -6,6 +6,7 @@ Start a worker with `celery -A delivery.worker worker`, the scheduler with `cele
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from celery.signals import setup_logging, task_prerun, worker_process_shutdown
 from kombu import Exchange, Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from delivery import jobs, logs
+from delivery import jobs, logs, metrics
 from delivery.config import EMBEDDED_DIR, Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.errors import ServiceUnavailable
@@ -164,6 +165,7 @@ def _close_runtime(**_: Any) -> None:
     if _runtime is not None:
         _runtime.close()
         _runtime = None
+    metrics.mark_process_dead(os.getpid())
 
 
 def backoff(retries: int, *, base: float = 1.0, cap: float = MAX_BACKOFF) -> float:
@@ -189,8 +191,10 @@ def register_package(self: Task[Any, Any], job: dict[str, Any]) -> int | None:
             )
         )
     except jobs.RetryLater as exc:
+        metrics.JOB_RETRIES.labels(REGISTER_TASK, "rate").inc()
         raise self.retry(countdown=min(backoff(self.request.retries), exc.remaining)) from None
     except TRANSIENT as exc:
+        metrics.JOB_RETRIES.labels(REGISTER_TASK, "transient").inc()
         logger.warning(
             "registration job will retry registration_id=%s error=%r", job.get("registration_id"), exc
         )

@@ -3,9 +3,10 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
+from delivery import metrics, service
 from delivery.api.deps import Resources, ResourcesDep
 
 router = APIRouter(tags=["operations"])
@@ -35,6 +36,18 @@ async def readyz(resources: ResourcesDep) -> Any:
             headers={"Retry-After": "5"},
         )
     return {"status": "ready", "checks": checks}
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus_metrics(resources: ResourcesDep) -> Response:
+    """Prometheus text format: requests, registrations, retries, the bank, the rate cache, the backlog."""
+    try:
+        async with resources.maker() as db:
+            awaiting: int | None = await service.count_awaiting_cost(db)
+    except Exception:
+        awaiting = None  # the database is down: /readyz says so; the other metrics still serve
+    body, content_type = metrics.render(awaiting)
+    return Response(body, media_type=content_type)
 
 
 async def _check(probe: Any) -> str:

@@ -8,6 +8,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from delivery import metrics
 from delivery.logs import request_id
 
 logger = logging.getLogger("delivery.access")
@@ -41,11 +42,16 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(scope["method"], template).observe(elapsed)
             logger.info(
                 "%s %s status=%s duration_ms=%.1f",
                 scope["method"],
                 scope["path"],
                 status,
-                (time.perf_counter() - started) * 1000,
+                elapsed * 1000,
             )
             request_id.reset(token)
