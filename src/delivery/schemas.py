@@ -24,6 +24,14 @@ class Schema(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class Problem(Schema):
+    detail: str
+
+
+class ConflictProblem(Problem):
+    transport_company_id: int
+
+
 class PackageTypeRead(Schema):
     id: int = Field(examples=[1])
     name: str = Field(examples=["clothes"])

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query
 
 from delivery import service
 from delivery.api.deps import DbSession, ResourcesDep, require_admin
+from delivery.api.responses import ADMIN, CONFLICT, NOT_FOUND
 from delivery.api.routing import DecimalRoute
 from delivery.schemas import (
     DailyCosts,
@@ -19,25 +20,15 @@ from delivery.schemas import (
 )
 from delivery.worker import PRICE_TASK
 
-Detail = dict[str, Any]
-GUARDED: dict[int | str, Detail] = {
-    401: {"description": "No X-Admin-Token header"},
-    403: {"description": "Wrong token, or ADMIN_TOKEN not configured"},
-    503: {"description": "A backing service is down; see Retry-After"},
-}
-
 router = APIRouter(
-    route_class=DecimalRoute, tags=["operators"], dependencies=[Depends(require_admin)], responses=GUARDED
+    route_class=DecimalRoute, tags=["operators"], dependencies=[Depends(require_admin)], responses=ADMIN
 )
 
 
 @router.post(
     "/packages/{package_id}/transport-company/",
     response_model=PackageRead,
-    responses={
-        404: {"description": "Unknown package"},
-        409: {"description": "Another company holds the package; its id is in `transport_company_id`"},
-    },
+    responses=NOT_FOUND | CONFLICT,
 )
 async def bind_transport_company(package_id: int, body: TransportCompanyBind, db: DbSession) -> Any:
     """Bind the package to the transport company that will deliver it; the first company wins."""

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from delivery import service
 from delivery.api.deps import DbSession, ResourcesDep, SessionId
+from delivery.api.responses import NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
 from delivery.errors import InvalidField
 from delivery.schemas import (
@@ -17,11 +18,6 @@ from delivery.schemas import (
 )
 
 router = APIRouter(route_class=DecimalRoute, tags=["packages"])
-
-Detail = dict[str, Any]
-UNAUTHENTICATED: dict[int | str, Detail] = {401: {"description": "No session, or an unknown or expired one"}}
-NOT_FOUND: dict[int | str, Detail] = {404: {"description": "Unknown, or another session's"}}
-UNAVAILABLE: dict[int | str, Detail] = {503: {"description": "A backing service is down; see Retry-After"}}
 
 
 @router.get("/types/", response_model=list[PackageTypeRead], responses=UNAVAILABLE)

@@ -2,6 +2,7 @@ from fastapi import APIRouter, Response
 
 from delivery import service
 from delivery.api.deps import DbSession, ResourcesDep
+from delivery.api.responses import UNAVAILABLE
 from delivery.api.routing import DecimalRoute
 
 router = APIRouter(tags=["sessions"], route_class=DecimalRoute)
@@ -9,7 +10,7 @@ router = APIRouter(tags=["sessions"], route_class=DecimalRoute)
 COOKIE_NAME = "session_id"
 
 
-@router.get("/sessions/new/", status_code=204, response_class=Response)
+@router.get("/sessions/new/", status_code=204, response_class=Response, responses=UNAVAILABLE)
 async def open_session(db: DbSession, resources: ResourcesDep) -> Response:
     """Open a session: sets the `session_id` cookie that every customer endpoint needs."""
     settings = resources.settings
