@@ -67,9 +67,12 @@ def parse_daily(body: bytes | str) -> Rate:
     if usd is None:
         raise RateFormatError("no USD entry")
     value, nominal = _positive(usd.get("Value"), "Value"), _positive(usd.get("Nominal"), "Nominal")
+    raw_date = data.get("Date")
+    if not isinstance(raw_date, str):
+        raise RateFormatError(f"Date is not a string: {raw_date!r}")
     try:
-        day = datetime.fromisoformat(str(data["Date"])).date()
-    except (KeyError, ValueError) as exc:
+        day = datetime.fromisoformat(raw_date).date()
+    except ValueError as exc:
         raise RateFormatError(f"bad Date: {exc}") from None
     return Rate(usd_rub=value / nominal, date=day)
 
@@ -164,6 +167,10 @@ class RateCache:
         cached = await self._store.get(CACHE_KEY)
         if cached is not None:
             return Rate.loads(cached)
+        # The previous holder may have failed between our look and our taking the lock.
+        failure = await self._store.get(FAILED_KEY)
+        if failure is not None:
+            raise RateUnavailable(failure)
         try:
             rate = await fetch_rate(self._client, self._url)
         except RateUnavailable as exc:
