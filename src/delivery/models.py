@@ -40,6 +40,8 @@ class PackageType(Base):
 class Package(Base):
     __tablename__ = "packages"
     __table_args__ = (
+        # The list queries: newest first (by id) within a session, alone or with a filter.
+        Index("ix_packages_session_id", "session_id", "id"),
         Index("ix_packages_session_type_id", "session_id", "type_id", "id"),
         Index("ix_packages_session_has_cost_id", "session_id", "has_cost", "id"),
         # The periodic pricing job walks the packages still without a cost.

@@ -90,6 +90,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("packages", schema=None) as batch_op:
         batch_op.create_index("ix_packages_has_cost_id", ["has_cost", "id"], unique=False)
+        batch_op.create_index("ix_packages_session_id", ["session_id", "id"], unique=False)
         batch_op.create_index(
             "ix_packages_session_has_cost_id",
             ["session_id", "has_cost", "id"],
