@@ -31,6 +31,9 @@ price: .venv/.synced
 refresh-rate: .venv/.synced
 	$(BIN)/delivery refresh-rate
 
+bench: .venv/.synced
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf var .venv .tools
 
