@@ -1,0 +1,186 @@
+"""What operators rely on: request ids, structured logs, graceful shutdown of the API and the worker."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakebank import FakeBank
+from tests.helpers import Maker, packages_by_registration, register, status_id_of, valid_body, wait_all_done
+from tests.stack import Stack, WorkerProcess
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ApiProcess:
+    """`delivery serve`, as `make run` starts it, with JSON logs."""
+
+    def __init__(self, stack: Stack, **env: str) -> None:
+        self.port = _free_port()
+        self.log_path = stack.workdir / f"api-{self.port}.log"
+        self.env = stack.env(HOST="127.0.0.1", PORT=self.port, LOG_FORMAT="json", **env)
+        self.stack = stack
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ApiProcess":
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "delivery.cli", "serve"],
+                env=self.env,
+                cwd=self.stack.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"API did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def json_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[ApiProcess]:
+    process = ApiProcess(stack).start()
+    yield process
+    process.stop()
+
+
+async def test_request_id_is_returned_made_or_kept(customer: httpx.AsyncClient) -> None:
+    made = await customer.get("/types/")
+    assert len(made.headers["X-Request-ID"]) == 32
+    kept = await customer.get("/types/", headers={"X-Request-ID": "abc-123"})
+    assert kept.headers["X-Request-ID"] == "abc-123"
+    replaced = await customer.get("/types/", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert replaced.headers["X-Request-ID"] not in ("bad id\twith spaces", "")
+
+
+async def test_each_request_logs_json_lines_with_its_request_id(api: ApiProcess) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        await http.get("/sessions/new/", headers={"X-Request-ID": "req-open"})
+        response = await http.post("/packages/", json=valid_body(), headers={"X-Request-ID": "req-register"})
+        assert response.status_code == 202
+    lines = api.json_lines()
+    assert lines, "the API logs JSON lines with LOG_FORMAT=json"
+    by_request = [line for line in lines if line.get("request_id") == "req-register"]
+    messages = [str(line["message"]) for line in by_request]
+    assert any(message.startswith("registration accepted") for message in messages)
+    assert any(message.startswith("POST /packages/ status=202") for message in messages)
+    assert all({"time", "level", "name", "message"} <= set(line) for line in lines)
+
+
+async def test_job_lines_carry_the_registration_id(
+    customer: httpx.AsyncClient, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker(LOG_FORMAT="json").start()
+    location = await register(customer)
+    await wait_all_done(customer, [location])
+    registration_id = status_id_of(location)
+    job_lines = [
+        json.loads(line)
+        for line in worker.log().splitlines()
+        if line.startswith("{") and registration_id in line
+    ]
+    assert job_lines
+    for line in job_lines:
+        if line["name"].startswith("delivery."):
+            assert line["registration_id"] == registration_id, line
+
+
+async def test_api_finishes_an_in_flight_request_on_sigterm(api: ApiProcess) -> None:
+    """A request whose body is still arriving when SIGTERM comes is answered, then the server exits."""
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        opened = await http.get("/sessions/new/")
+    cookie = opened.headers["set-cookie"].split(";", 1)[0]
+    body = json.dumps(valid_body()).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    writer.write(
+        b"POST /packages/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[:10]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    assert api.process is not None
+    api.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    writer.write(body[10:])
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 15)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 202"), status_line
+    # uvicorn exits by re-raising the signal once it has shut down gracefully.
+    assert api.process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+async def test_worker_stopped_with_sigterm_mid_burst_loses_nothing(
+    customer: httpx.AsyncClient, start_worker: Callable[..., WorkerProcess], maker: Maker, bank: FakeBank
+) -> None:
+    bank.delay = 0.5  # the first job holds the rate lock for a while: the burst is in flight at SIGTERM
+    first = start_worker(concurrency=2).start()
+    locations = await asyncio.gather(*(register(customer) for _ in range(40)))
+    await asyncio.sleep(0.8)
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(timeout=60) == 0, first.log()[-3000:]
+    start_worker(concurrency=2).start()
+    statuses = await wait_all_done(customer, locations, limit=90)
+    assert {status["state"] for status in statuses} == {"registered"}
+    rows = await packages_by_registration(maker)
+    assert {str(registration) for registration in rows} == {status_id_of(loc) for loc in locations}
+    assert all(len(packages) == 1 for packages in rows.values())
+
+
+def test_log_level_debug_echoes_sql_and_info_does_not(tmp_path: Path) -> None:
+    script = (
+        "import logging; from delivery.logs import configure_logging; configure_logging();"
+        "logging.getLogger('sqlalchemy.engine.Engine').info('SELECT 1')"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL", "LOG_FORMAT")}
+    quiet = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    loud = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env | {"LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "SELECT 1" not in quiet.stderr
+    assert "SELECT 1" in loud.stderr
