@@ -12,7 +12,8 @@ RUN uv sync --frozen --no-dev --no-editable
 
 # Run: the virtual environment only, as an unprivileged user; no compilers, no uv.
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 app
+RUN useradd --create-home --uid 10001 app \
+    && mkdir -p /var/lib/delivery/metrics && chown app /var/lib/delivery/metrics
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT=8000

@@ -57,8 +57,12 @@ def test_commands_match_the_procfile_and_the_queues() -> None:
 
 def test_env_template_names_exactly_the_settings() -> None:
     assert _env_keys(ROOT / ".env.example") == set(Settings.model_fields)
+    services = _compose()["services"]
     for service in ("api", "worker", "beat", "migrate"):
-        assert _compose()["services"][service]["env_file"] == [".env"]
+        assert services[service]["env_file"] == [".env"]
+    for service in ("api", "worker", "beat"):
+        directory = services[service]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert f"metrics:{directory}" in services[service]["volumes"]
 
 
 def test_backend_env_templates_match_what_the_app_connects_with() -> None:
