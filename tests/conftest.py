@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from delivery.api import create_app
 from delivery.config import Settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.models import ClientSession, CostCalculation, DailyCostTotal, Package, PackageType
+from tests.factories import app_client
 from tests.fakebank import FakeBank
 from tests.stack import ADMIN_TOKEN, Stack, WorkerProcess, clear_store, prepare_real, real_stack_down
 
@@ -48,9 +48,7 @@ def bank() -> Iterator[FakeBank]:
 
 
 @pytest.fixture(scope="session", params=["embedded", "real"])
-def stack(
-    request: pytest.FixtureRequest, workdir: Path, bank: FakeBank, worker_id: str
-) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, workdir: Path, bank: FakeBank, worker_id: str) -> Iterator[Stack]:
     if request.param == "embedded":
         settings = Stack.embedded_settings(workdir, bank.url)
     else:
@@ -101,12 +99,8 @@ async def clean(request: pytest.FixtureRequest, bank: FakeBank) -> AsyncIterator
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the app, in process, with the app's lifespan run around it."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            http.app = app  # type: ignore[attr-defined]
-            yield http
+    async with app_client(settings) as http:
+        yield http
 
 
 @pytest.fixture

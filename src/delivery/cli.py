@@ -2,10 +2,17 @@
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from delivery.config import get_settings
+from delivery.errors import RateUnavailable
 from delivery.logs import configure_logging
+
+if TYPE_CHECKING:
+    from delivery.worker import Runtime
+
+T = TypeVar("T")
 
 
 def serve() -> int:
@@ -37,37 +44,36 @@ def migrate() -> int:
     return 0
 
 
-def price() -> int:
-    """Price every package without a cost now, in this process."""
-    from delivery import jobs
-    from delivery.errors import RateUnavailable
+def _in_worker_runtime(job: "Callable[[Runtime], Coroutine[Any, Any, T]]", failed: str) -> T | None:
+    """Run a job on the worker's runtime (its loop and connections), in this process; None if no rate."""
     from delivery.worker import run, runtime
 
     rt = runtime()
     try:
-        priced = run(jobs.price_now(rt.maker, rt.rates))
+        return run(job(rt))
     except RateUnavailable as exc:
-        print(f"no rate, nothing priced: {exc}", file=sys.stderr)
-        return 1
+        print(f"{failed}: {exc}", file=sys.stderr)
+        return None
     finally:
         rt.close()
+
+
+def price() -> int:
+    """Price every package without a cost now, in this process."""
+    from delivery import jobs
+
+    priced = _in_worker_runtime(lambda rt: jobs.price_now(rt.maker, rt.rates), "no rate, nothing priced")
+    if priced is None:
+        return 1
     print(f"priced {priced} packages")
     return 0
 
 
 def refresh_rate() -> int:
     """Fetch the bank's rate now and replace the cached one."""
-    from delivery.errors import RateUnavailable
-    from delivery.worker import run, runtime
-
-    rt = runtime()
-    try:
-        rate = run(rt.rates.refresh())
-    except RateUnavailable as exc:
-        print(f"rate not refreshed: {exc}", file=sys.stderr)
+    rate = _in_worker_runtime(lambda rt: rt.rates.refresh(), "rate not refreshed")
+    if rate is None:
         return 1
-    finally:
-        rt.close()
     print(f"USD/RUB {rate.usd_rub} on {rate.date}, cached")
     return 0
 
