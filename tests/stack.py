@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import diskcache
+import httpx
 import redis.asyncio as aioredis
 from alembic import command
 from alembic.config import Config
@@ -121,7 +123,9 @@ def prepare_real(worker_id: str, bank_url: str) -> Settings:
 def _vhost(url: str, vhost: str) -> str:
     """A vhost of our own where rabbitmqctl can make one; the given URL as it is elsewhere."""
     try:
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=False, capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "add_vhost", vhost], check=False, capture_output=True, timeout=60
+        )
         subprocess.run(
             ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
             check=True,
@@ -271,3 +275,58 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ApiProcess:
+    """`delivery serve`, as `make run` starts it, with JSON logs."""
+
+    def __init__(self, stack: Stack, **env: str) -> None:
+        self.port = _free_port()
+        self.log_path = stack.workdir / f"api-{self.port}.log"
+        self.env = stack.env(HOST="127.0.0.1", PORT=self.port, LOG_FORMAT="json", **env)
+        self.stack = stack
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ApiProcess":
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "delivery.cli", "serve"],
+                env=self.env,
+                cwd=self.stack.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"API did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def json_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)

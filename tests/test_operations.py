@@ -4,10 +4,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,62 +14,7 @@ import pytest
 
 from tests.fakebank import FakeBank
 from tests.helpers import Maker, packages_by_registration, register, status_id_of, valid_body, wait_all_done
-from tests.stack import Stack, WorkerProcess
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ApiProcess:
-    """`delivery serve`, as `make run` starts it, with JSON logs."""
-
-    def __init__(self, stack: Stack, **env: str) -> None:
-        self.port = _free_port()
-        self.log_path = stack.workdir / f"api-{self.port}.log"
-        self.env = stack.env(HOST="127.0.0.1", PORT=self.port, LOG_FORMAT="json", **env)
-        self.stack = stack
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "ApiProcess":
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "delivery.cli", "serve"],
-                env=self.env,
-                cwd=self.stack.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"API did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def json_lines(self) -> list[dict[str, object]]:
-        lines = []
-        for line in self.log().splitlines():
-            if line.startswith("{"):
-                lines.append(json.loads(line))
-        return lines
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
+from tests.stack import ApiProcess, Stack, WorkerProcess
 
 
 @pytest.fixture

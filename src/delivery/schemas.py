@@ -1,12 +1,13 @@
 """Request and response shapes. Money and weight are Decimal in, fixed-point strings out."""
 
 import math
+import re
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt
 
 from delivery.models import WEIGHT_PLACES
 
@@ -15,6 +16,23 @@ def _fixed(places: int) -> PlainSerializer:
     quantum = Decimal(1).scaleb(-places)
     return PlainSerializer(lambda value: str(value.quantize(quantum)), return_type=str)
 
+
+#: The largest id a BIGINT column holds (packages, companies) and an INT column holds (types): a larger
+#: number can name nothing, and is refused as invalid input rather than sent to the database.
+MAX_BIGINT = 2**63 - 1
+MAX_INT = 2**31 - 1
+
+
+def _iso_date(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected a date as YYYY-MM-DD")
+    if not isinstance(value, str | date):
+        raise ValueError("expected a date as YYYY-MM-DD")
+    return value
+
+
+#: A calendar date written YYYY-MM-DD, and nothing else (no timestamps, no datetimes).
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 
 Weight = Annotated[Decimal, _fixed(3)]
 Money = Annotated[Decimal, _fixed(2)]
@@ -50,7 +68,7 @@ class PackageCreate(Schema):
 
     name: str = Field(min_length=1, max_length=255, description="1-255 characters after trimming")
     weight_kg: Decimal = Field(gt=0, le=1000, decimal_places=WEIGHT_PLACES, description="kg, up to 3 places")
-    type_id: StrictInt = Field(ge=1, description="an id from GET /types/")
+    type_id: StrictInt = Field(ge=1, le=MAX_INT, description="an id from GET /types/")
     content_value_usd: Decimal = Field(
         ge=0, le=1_000_000_000, decimal_places=2, description="USD, up to 2 places"
     )
@@ -98,7 +116,7 @@ class RegistrationStatus(Schema):
 class TransportCompanyBind(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    company_id: StrictInt = Field(ge=1, examples=[7])
+    company_id: StrictInt = Field(ge=1, le=MAX_BIGINT, examples=[7])
 
 
 class DailyTypeTotal(Schema):

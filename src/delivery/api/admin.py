@@ -1,4 +1,3 @@
-from datetime import date
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -6,12 +5,13 @@ from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Query
 
 from delivery import service
-from delivery.api.deps import DbSession, ResourcesDep, require_admin
+from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
 from delivery.api.responses import ADMIN, CONFLICT, NOT_FOUND
 from delivery.api.routing import DecimalRoute
 from delivery.schemas import (
     DailyCosts,
     DailyTypeTotal,
+    IsoDate,
     JobAccepted,
     JobState,
     PackageRead,
@@ -30,13 +30,15 @@ router = APIRouter(
     response_model=PackageRead,
     responses=NOT_FOUND | CONFLICT,
 )
-async def bind_transport_company(package_id: int, body: TransportCompanyBind, db: DbSession) -> Any:
+async def bind_transport_company(package_id: PackageId, body: TransportCompanyBind, db: DbSession) -> Any:
     """Bind the package to the transport company that will deliver it; the first company wins."""
     return await service.bind_transport_company(db, package_id, body.company_id)
 
 
 @router.get("/admin/stats/daily-costs/")
-async def daily_costs(db: DbSession, day: Annotated[date, Query(alias="date")]) -> DailyCosts:
+async def daily_costs(
+    db: DbSession, day: Annotated[IsoDate, Query(alias="date", description="a UTC day, YYYY-MM-DD")]
+) -> DailyCosts:
     """The delivery costs calculated on a UTC day, summed by type."""
     rows = await service.daily_costs(db, day)
     return DailyCosts(

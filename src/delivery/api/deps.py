@@ -9,13 +9,14 @@ from typing import Annotated
 
 import anyio.to_thread
 from celery import Celery
-from fastapi import Cookie, Depends, Header, Request
+from fastapi import Cookie, Depends, Header, Path, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from delivery import service
 from delivery.api.errors import AdminForbidden, AdminUnauthenticated
 from delivery.config import Settings
 from delivery.errors import Unauthenticated
+from delivery.schemas import MAX_BIGINT
 from delivery.service import RegistrationJob
 from delivery.store import Store
 from delivery.worker import REGISTER_TASK
@@ -76,6 +77,8 @@ async def current_session(
 
 
 SessionId = Annotated[int, Depends(current_session)]
+
+PackageId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="a package id")]
 
 
 async def require_admin(

@@ -4,11 +4,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 
 from delivery import service
-from delivery.api.deps import DbSession, ResourcesDep, SessionId
+from delivery.api.deps import DbSession, PackageId, ResourcesDep, SessionId
 from delivery.api.responses import NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
 from delivery.errors import InvalidField
 from delivery.schemas import (
+    MAX_INT,
     PackageCreate,
     PackagePage,
     PackageRead,
@@ -30,7 +31,7 @@ async def list_types(db: DbSession) -> Any:
 async def list_packages(
     db: DbSession,
     session_id: SessionId,
-    type: Annotated[int | None, Query(ge=1, description="only this type id")] = None,
+    type: Annotated[int | None, Query(ge=1, le=MAX_INT, description="only this type id")] = None,
     has_cost: Annotated[bool | None, Query(description="only with (true) or without (false) a cost")] = None,
     page: Annotated[int, Query(ge=1)] = 1,
     size: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -101,6 +102,6 @@ async def registration_status(
     response_model=PackageRead,
     responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
 )
-async def get_package(package_id: int, db: DbSession, session_id: SessionId) -> Any:
+async def get_package(package_id: PackageId, db: DbSession, session_id: SessionId) -> Any:
     """One of this session's packages."""
     return await service.get_package(db, session_id, package_id)
