@@ -48,7 +48,7 @@ async def test_a_body_over_64_kib_is_refused_before_it_is_parsed(customer: httpx
 
 
 async def test_a_chunked_body_over_the_limit_is_refused_too(customer: httpx.AsyncClient) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(20):
             yield b"x" * 8192
 
