@@ -1,9 +1,11 @@
 """Fixtures shared by every test: the two stacks, a clean database per test, the app, a worker, the bank.
 
-Every behavioural test runs twice: on the embedded stack (SQLite, diskcache, kombu's filesystem
-transport) and on the real one (MariaDB, Redis, RabbitMQ). With CI=true a missing real service fails.
+Every behavioural test runs twice: on the embedded stack (SQLite, diskcache, kombu's SQLAlchemy
+transport on SQLite) and on the real one (MariaDB, Redis, RabbitMQ).
+With CI=true a missing real service fails.
 """
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.config import Settings
@@ -83,14 +86,20 @@ async def clean(request: pytest.FixtureRequest, bank: FakeBank) -> AsyncIterator
     if "stack" in request.fixturenames:
         stack: Stack = request.getfixturevalue("stack")
         engine = create_engine(stack.settings)
-        async with engine.begin() as connection:
-            for model in (CostCalculation, DailyCostTotal, Package):
-                await connection.execute(delete(model))
-            await connection.execute(delete(ClientSession))
-            present = set((await connection.execute(select(PackageType.id))).scalars())
-            missing = [t for t in TYPES if t["id"] not in present]
-            if missing:
-                await connection.execute(insert(PackageType), missing)
+        for attempt in range(5):
+            try:
+                async with engine.begin() as connection:
+                    for model in (CostCalculation, DailyCostTotal, Package, ClientSession):
+                        await connection.execute(delete(model))
+                    present = set((await connection.execute(select(PackageType.id))).scalars())
+                    missing = [t for t in TYPES if t["id"] not in present]
+                    if missing:
+                        await connection.execute(insert(PackageType), missing)
+                break
+            except DBAPIError:  # a deadlock with a job still finishing from the test before
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5)
         await engine.dispose()
         await clear_store(stack.settings)
     yield

@@ -256,8 +256,14 @@ class WorkerProcess:
     def pool_pids(self) -> list[int]:
         """The pool processes that run the jobs (children of the main worker process)."""
         assert self.process is not None
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+        pids: list[int] = []
+        # A replacement pool process is the child of whichever thread of the main process forked it.
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            try:
+                pids += [int(pid) for pid in children.read_text().split()]
+            except OSError:
+                continue
+        return sorted(set(pids))
 
     def kill(self) -> None:
         """SIGKILL to the whole worker: main process and pool alike."""
@@ -269,7 +275,8 @@ class WorkerProcess:
         if not self.alive():
             return
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)
+        # SIGTERM to the main process alone: it stops its pool itself (a warm shutdown).
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -17,6 +17,7 @@ import sqlalchemy.exc
 from celery import Celery, Task
 from celery.signals import setup_logging, task_prerun, worker_process_shutdown
 from kombu import Exchange, Queue
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from delivery import jobs, logs, metrics
@@ -32,6 +33,8 @@ REGISTER_TASK = "packages.register"
 PRICE_TASK = "packages.price_pending"
 REGISTRATION_QUEUE = "registrations"
 PRICING_QUEUE = "pricing"
+EMBEDDED_POLLING_INTERVAL = 0.1
+EMBEDDED_PREFETCH = 8
 #: Transient failures (database, store) are retried for as long as it takes, backing off to this cap.
 MAX_BACKOFF = 60.0
 
@@ -40,7 +43,7 @@ def create_celery(settings: Settings) -> Celery:
     """A Celery app for `settings`: the real broker and Redis when their URLs are set, else embedded."""
     app = Celery("delivery")
     app.conf.update(
-        broker_url=str(settings.CELERY_BROKER_URL) if settings.CELERY_BROKER_URL else "filesystem://",
+        broker_url=_broker_url(settings),
         broker_transport_options=_broker_options(settings),
         broker_connection_timeout=3,
         broker_connection_retry_on_startup=True,
@@ -51,7 +54,8 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        # RabbitMQ pushes messages; the embedded broker is polled, so its workers take a few at a time.
+        worker_prefetch_multiplier=1 if settings.CELERY_BROKER_URL else EMBEDDED_PREFETCH,
         task_track_started=True,
         task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (REGISTRATION_QUEUE, PRICING_QUEUE)],
         task_default_queue=REGISTRATION_QUEUE,
@@ -71,20 +75,23 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
+def _broker_url(settings: Settings) -> str:
+    if settings.CELERY_BROKER_URL is not None:
+        return str(settings.CELERY_BROKER_URL)
+    # kombu's SQLAlchemy transport on an SQLite file: each message is taken in a write transaction,
+    # so no two consumers take the same message and none reads a half-written one.
+    EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
+    # The transport passes its options to create_engine, so its polling interval (1 s by default, a
+    # second of latency per idle poll) can only be set on the class.
+    kombu_sqlalchemy.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
+    return f"sqla+sqlite:///{(EMBEDDED_DIR / 'broker.sqlite3').resolve()}"
+
+
 def _broker_options(settings: Settings) -> dict[str, Any]:
     if settings.CELERY_BROKER_URL is not None:
         # Wait for RabbitMQ to confirm each message, so a 202 means the job is in the queue.
         return {"confirm_publish": True}
-    folder = (EMBEDDED_DIR / "broker").resolve()
-    for sub in ("queue", "processed", "control"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    return {
-        "polling_interval": 0.1,
-        "data_folder_in": str(folder / "queue"),
-        "data_folder_out": str(folder / "queue"),
-        "processed_folder": str(folder / "processed"),
-        "control_folder": str(folder / "control"),
-    }
+    return {"connect_args": {"timeout": 30}}
 
 
 def _result_backend(settings: Settings) -> str:
