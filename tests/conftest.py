@@ -21,7 +21,15 @@ from delivery.db import create_engine, create_sessionmaker
 from delivery.models import ClientSession, CostCalculation, DailyCostTotal, Package, PackageType
 from tests.factories import app_client
 from tests.fakebank import FakeBank
-from tests.stack import ADMIN_TOKEN, Stack, WorkerProcess, clear_store, prepare_real, real_stack_down
+from tests.stack import (
+    ADMIN_TOKEN,
+    Stack,
+    WorkerProcess,
+    clear_store,
+    prepare_real,
+    purge_queues,
+    real_stack_down,
+)
 
 CI = os.environ.get("CI", "").lower() == "true"
 TYPES = [{"id": 1, "name": "clothes"}, {"id": 2, "name": "electronics"}, {"id": 3, "name": "misc"}]
@@ -102,6 +110,7 @@ async def clean(request: pytest.FixtureRequest, bank: FakeBank) -> AsyncIterator
                 await asyncio.sleep(0.5)
         await engine.dispose()
         await clear_store(stack.settings)
+        await asyncio.to_thread(purge_queues, stack.settings)
     yield
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from delivery.config import EMBEDDED_DIR, Settings
+from delivery.worker import create_celery
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
@@ -148,6 +149,15 @@ async def clear_store(settings: Settings) -> None:
     await client.aclose()
 
 
+def purge_queues(settings: Settings) -> None:
+    """Drop the jobs a test left queued (e.g. pricing runs it asked for), so they do not run in the next."""
+    celery = create_celery(settings)
+    try:
+        celery.control.purge()
+    finally:
+        celery.close()
+
+
 class Stack:
     def __init__(self, *, name: str, settings: Settings, workdir: Path) -> None:
         self.name = name
@@ -191,9 +201,14 @@ class Stack:
             self._worker.start()
         return self._worker
 
-    def close(self) -> None:
+    def stop_shared_worker(self) -> None:
+        """For a test whose jobs must go to a worker of its own."""
         if self._worker is not None:
             self._worker.stop()
+            self._worker = None
+
+    def close(self) -> None:
+        self.stop_shared_worker()
 
 
 def run_in_thread(func: Any, *args: Any) -> None:

@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from tests.fakebank import FakeBank
-from tests.helpers import Maker, packages_by_registration, register, status_id_of, valid_body, wait_all_done
+from tests.helpers import (
+    Maker,
+    packages_by_registration,
+    register,
+    status_id_of,
+    valid_body,
+    wait_all_done,
+    wait_until,
+)
 from tests.stack import ApiProcess, Stack, WorkerProcess
 
 
@@ -38,6 +46,8 @@ async def test_each_request_logs_json_lines_with_its_request_id(api: ApiProcess)
         await http.get("/sessions/new/", headers={"X-Request-ID": "req-open"})
         response = await http.post("/packages/", json=valid_body(), headers={"X-Request-ID": "req-register"})
         assert response.status_code == 202
+    # The access line is written once the response has gone out: give it a moment to reach the file.
+    await wait_until(lambda: "POST /packages/ status=202" in api.log(), 5, "the access line")
     lines = api.json_lines()
     assert lines, "the API logs JSON lines with LOG_FORMAT=json"
     by_request = [line for line in lines if line.get("request_id") == "req-register"]
@@ -48,8 +58,9 @@ async def test_each_request_logs_json_lines_with_its_request_id(api: ApiProcess)
 
 
 async def test_job_lines_carry_the_registration_id(
-    customer: httpx.AsyncClient, start_worker: Callable[..., WorkerProcess]
+    customer: httpx.AsyncClient, stack: Stack, start_worker: Callable[..., WorkerProcess]
 ) -> None:
+    stack.stop_shared_worker()
     worker = start_worker(LOG_FORMAT="json").start()
     location = await register(customer)
     await wait_all_done(customer, [location])
