@@ -570,6 +570,15 @@ class PausingStore:
     async def delete(self, key: str, *, if_value: str | None = None) -> None:
         await self.inner.delete(key, if_value=if_value)
 
+    async def index_add(self, index: str, member: str, score: float) -> None:
+        await self.inner.index_add(index, member, score)
+
+    async def index_remove(self, index: str, member: str) -> None:
+        await self.inner.index_remove(index, member)
+
+    async def index_below(self, index: str, score: float, limit: int) -> list[str]:
+        return await self.inner.index_below(index, score, limit)
+
     async def ping(self) -> None:
         await self.inner.ping()
 

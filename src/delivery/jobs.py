@@ -18,7 +18,7 @@ from delivery.db import utcnow
 from delivery.errors import RateUnavailable
 from delivery.models import MONEY_RUB, CostCalculation, DailyCostTotal, Package, PackageType
 from delivery.rates import Rate, RateCache
-from delivery.service import RegistrationJob, StatusRecord, status_key
+from delivery.service import PENDING_INDEX, Publisher, RegistrationJob, StatusRecord, status_key
 
 __all__ = ["RegistrationJob", "compute_cost", "price_now", "process_registration"]
 from delivery.store import Store
@@ -162,6 +162,28 @@ async def record_outcome(
     )
     if not await store.replace(status_key(job.registration_id), record.dumps()):
         logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
+    await store.index_remove(PENDING_INDEX, job.registration_id)
+
+
+async def recover_pending(store: Store, publish: Publisher, *, older_than: float, limit: int = 1000) -> int:
+    """Publish again the jobs of registrations still pending `older_than` seconds after their last publish.
+
+    A job can be lost on its way: a worker killed while holding it on a broker that does not redeliver (the
+    embedded one), a queue lost with its broker. Its status still holds the job, so it is sent again; a job
+    that was only slow runs twice, harmlessly, since the package is created once per registration id.
+    """
+    republished = 0
+    for registration_id in await store.index_below(PENDING_INDEX, time.time() - older_than, limit):
+        raw = await store.get(status_key(registration_id))
+        record = None if raw is None else StatusRecord.loads(raw)
+        if record is None or record.state != "pending" or record.job is None:
+            await store.index_remove(PENDING_INDEX, registration_id)
+            continue
+        await publish(RegistrationJob.from_json(record.job))
+        await store.index_add(PENDING_INDEX, registration_id, time.time())
+        republished += 1
+        logger.warning("registration job published again registration_id=%s", registration_id)
+    return republished
 
 
 async def price_pending(

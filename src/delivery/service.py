@@ -104,6 +104,8 @@ class StatusRecord:
     state: RegistrationState
     package_id: int | None = None
     error_message: str | None = None
+    #: While pending, the job itself, so a job lost on its way can be published again.
+    job: dict[str, Any] | None = None
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))
@@ -115,6 +117,10 @@ class StatusRecord:
 
 def status_key(status_id: uuid.UUID | str) -> str:
     return f"status:{status_id}"
+
+
+#: The registrations still pending, scored by when they were last published.
+PENDING_INDEX = "registrations:pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +177,6 @@ async def accept_registration(
             if existing is not None:
                 return uuid.UUID(existing)
             await store.set(idem_key, str(status_id), ttl=status_ttl)
-    await store.set(status_key(status_id), StatusRecord(session_id, "pending").dumps(), ttl=status_ttl)
     job = RegistrationJob(
         registration_id=str(status_id),
         session_id=session_id,
@@ -181,11 +186,15 @@ async def accept_registration(
         content_value_usd=str(data.content_value_usd),
         accepted_at=time.time(),
     )
+    pending = StatusRecord(session_id, "pending", job=job.to_json())
+    await store.set(status_key(status_id), pending.dumps(), ttl=status_ttl)
+    await store.index_add(PENDING_INDEX, str(status_id), job.accepted_at)
     try:
         await publish(job)
     except Exception as exc:
         logger.warning("registration not published status_id=%s error=%r", status_id, exc)
         await store.delete(status_key(status_id))
+        await store.index_remove(PENDING_INDEX, str(status_id))
         if idem_key is not None:
             await store.delete(idem_key, if_value=str(status_id))
         raise ServiceUnavailable("broker") from exc

@@ -36,6 +36,16 @@ class Store(Protocol):
         """Delete `key`; with `if_value`, only while it still holds that value."""
         ...
 
+    async def index_add(self, index: str, member: str, score: float) -> None:
+        """Put `member` in the sorted `index` with `score` (or move it there)."""
+        ...
+
+    async def index_remove(self, index: str, member: str) -> None: ...
+
+    async def index_below(self, index: str, score: float, limit: int) -> list[str]:
+        """Up to `limit` members of `index` whose score is below `score`, lowest first."""
+        ...
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -82,6 +92,19 @@ class RedisStore:
             else:
                 await self._delete_if_value(keys=[key], args=[if_value])
 
+    async def index_add(self, index: str, member: str, score: float) -> None:
+        async with _unavailable_on_error():
+            await self._redis.zadd(index, {member: score})
+
+    async def index_remove(self, index: str, member: str) -> None:
+        async with _unavailable_on_error():
+            await self._redis.zrem(index, member)
+
+    async def index_below(self, index: str, score: float, limit: int) -> list[str]:
+        async with _unavailable_on_error():
+            members = await self._redis.zrangebyscore(index, "-inf", f"({score}", start=0, num=limit)
+            return [str(member) for member in members]
+
     async def ping(self) -> None:
         async with _unavailable_on_error():
             await self._redis.ping()
@@ -124,6 +147,28 @@ class EmbeddedStore:
         with self._cache.transact():
             if if_value is None or self._cache.get(key) == if_value:
                 self._cache.delete(key)
+
+    # The embedded store keeps an index as one key per member, `<index>\0<member>` -> score: a dev-sized
+    # index, read by scanning the keys.
+
+    async def index_add(self, index: str, member: str, score: float) -> None:
+        await asyncio.to_thread(self._cache.set, f"{index}\0{member}", score)
+
+    async def index_remove(self, index: str, member: str) -> None:
+        await asyncio.to_thread(self._cache.delete, f"{index}\0{member}")
+
+    async def index_below(self, index: str, score: float, limit: int) -> list[str]:
+        return await asyncio.to_thread(self._index_below, index, score, limit)
+
+    def _index_below(self, index: str, score: float, limit: int) -> list[str]:
+        prefix = f"{index}\0"
+        found = []
+        for key in self._cache.iterkeys():
+            if isinstance(key, str) and key.startswith(prefix):
+                value = self._cache.get(key)
+                if value is not None and float(value) < score:
+                    found.append((float(value), key.removeprefix(prefix)))
+        return [member for _, member in sorted(found)[:limit]]
 
     async def ping(self) -> None:
         await asyncio.to_thread(self._cache.get, "ping")

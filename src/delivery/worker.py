@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 REGISTER_TASK = "packages.register"
 PRICE_TASK = "packages.price_pending"
+RECOVER_TASK = "packages.recover_pending"
+#: How often, and after how long without an outcome, pending registrations are published again.
+RECOVERY_INTERVAL = 60.0
 REGISTRATION_QUEUE = "registrations"
 PRICING_QUEUE = "pricing"
 EMBEDDED_POLLING_INTERVAL = 0.1
@@ -59,7 +62,11 @@ def create_celery(settings: Settings) -> Celery:
         task_track_started=True,
         task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (REGISTRATION_QUEUE, PRICING_QUEUE)],
         task_default_queue=REGISTRATION_QUEUE,
-        task_routes={REGISTER_TASK: {"queue": REGISTRATION_QUEUE}, PRICE_TASK: {"queue": PRICING_QUEUE}},
+        task_routes={
+            REGISTER_TASK: {"queue": REGISTRATION_QUEUE},
+            PRICE_TASK: {"queue": PRICING_QUEUE},
+            RECOVER_TASK: {"queue": PRICING_QUEUE},
+        },
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
         beat_schedule={
             "price-pending-packages": {
@@ -67,7 +74,12 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": float(settings.COST_RECALC_INTERVAL),
                 # A run that no worker took within one period is dropped: the next one does its work.
                 "options": {"expires": float(settings.COST_RECALC_INTERVAL)},
-            }
+            },
+            "recover-pending-registrations": {
+                "task": RECOVER_TASK,
+                "schedule": RECOVERY_INTERVAL,
+                "options": {"expires": RECOVERY_INTERVAL},
+            },
         },
         worker_hijack_root_logger=False,
         enable_utc=True,
@@ -213,3 +225,20 @@ def price_pending_packages() -> dict[str, int]:
     """Price every package whose cost is still unknown."""
     rt = runtime()
     return {"priced": run(jobs.price_now(rt.maker, rt.rates))}
+
+
+def recovery_grace(settings: Settings) -> float:
+    """Longer than a healthy job can stay pending: its bank retries, then one last backoff."""
+    return settings.RATE_RETRY_WINDOW + 2 * MAX_BACKOFF
+
+
+@app.task(name=RECOVER_TASK)
+def recover_pending_registrations(older_than: float | None = None) -> dict[str, int]:
+    """Publish again the jobs of registrations pending for too long (a job lost on its way)."""
+    rt = runtime()
+
+    async def publish(job: jobs.RegistrationJob) -> None:
+        app.send_task(REGISTER_TASK, args=[job.to_json()], task_id=job.registration_id)
+
+    grace = recovery_grace(settings) if older_than is None else older_than
+    return {"republished": run(jobs.recover_pending(rt.store, publish, older_than=grace))}
