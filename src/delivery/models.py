@@ -43,6 +43,7 @@ class Package(Base):
         # The list queries: newest first (by id) within a session, alone or with a filter.
         Index("ix_packages_session_id", "session_id", "id"),
         Index("ix_packages_session_type_id", "session_id", "type_id", "id"),
+        Index("ix_packages_session_type_has_cost_id", "session_id", "type_id", "has_cost", "id"),
         Index("ix_packages_session_has_cost_id", "session_id", "has_cost", "id"),
         # The periodic pricing job walks the packages still without a cost.
         Index("ix_packages_has_cost_id", "has_cost", "id"),

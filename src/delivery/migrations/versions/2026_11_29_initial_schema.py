@@ -92,6 +92,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_packages_has_cost_id", ["has_cost", "id"], unique=False)
         batch_op.create_index("ix_packages_session_id", ["session_id", "id"], unique=False)
         batch_op.create_index(
+            "ix_packages_session_type_has_cost_id", ["session_id", "type_id", "has_cost", "id"], unique=False
+        )
+        batch_op.create_index(
             "ix_packages_session_has_cost_id",
             ["session_id", "has_cost", "id"],
             unique=False,
