@@ -1,0 +1,1 @@
+"""The benchmark harness behind `make bench`: seeds the real stack, loads the API and the worker, reports."""

@@ -1,0 +1,253 @@
+"""`latest.md`: the figures of `latest.json` as tables, with the setup they were measured in."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+READ_CASES = {
+    "first_page": "heavy session, first page (size 20)",
+    "deep_page": "heavy session, deep page",
+    "filtered": "heavy session, type=1 & has_cost=true",
+    "detail": "one package",
+    "types": "types",
+}
+WRITE_KEYS = ("accepted_per_s", "registered_per_s", "p50_ms_to_registered", "p99_ms_to_registered")
+
+
+def _fmt(value: Any, places: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{places}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _cpu(cores: Mapping[str, float] | None) -> str:
+    if not cores:
+        return "-"
+    shown = [f"{k} {v:.2f}" for k, v in cores.items() if v >= 0.05 and k != "machine"]
+    return ", ".join(shown) + f" (machine {cores.get('machine', 0):.2f})"
+
+
+def _header(results: Mapping[str, Any]) -> list[str]:
+    meta = results.get("meta", {})
+    machine = meta.get("machine", {})
+    git = meta.get("git", {})
+    dirty = " (src/ had uncommitted changes)" if git.get("src_dirty") else ""
+    load = f"{_fmt(machine.get('loadavg_start', [None])[0], 2)} at the start"
+    load += f", {_fmt(machine.get('loadavg_end', [None])[0], 2)} at the end"
+    return [
+        "# Benchmark: latest run",
+        "",
+        "`make bench` (`bench/run.py`); the figures are in `latest.json` too, with more detail.",
+        "",
+        f"- {meta.get('date')}, profile `{meta.get('profile')}`, total {_fmt(meta.get('total_seconds'))} s;"
+        f" commit `{git.get('commit')}`{dirty}",
+        f"- machine: {machine.get('nproc')} cores ({machine.get('cpu')}), {machine.get('mem_gb')} GB,"
+        f" kernel {machine.get('kernel')}, Python {machine.get('python')}; load average {load}",
+        "- " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
+        "- Everything shares these two cores: MariaDB, Redis, RabbitMQ, the API (`delivery serve`: uvicorn,"
+        " one process, `make run`'s settings), the worker, the load generator and this harness. Whatever else"
+        " runs on the machine shows as `other` in the CPU columns (cores used on average during the"
+        " measurement; `steal` is time the hypervisor took).",
+        "",
+    ]
+
+
+def _seed(results: Mapping[str, Any]) -> list[str]:
+    seed = results.get("seed", {})
+    steps = ", ".join(f"{k} {v:.1f} s" for k, v in seed.get("steps_s", {}).items())
+    return [
+        "## Seed",
+        "",
+        f"**{_fmt(seed.get('seconds'))} s** ({steps}): {_fmt(seed.get('packages_in_read_sessions'))} packages"
+        f" over the customers' sessions, the heavy one with {_fmt(seed.get('heavy_session_packages'))}, half"
+        f" of them priced; {_fmt(seed.get('cost_calculations'))} cost calculations on {seed.get('cost_day')},"
+        " for which priced packages are added in one more session"
+        f" ({_fmt(seed.get('packages'))} packages in all); the daily totals of that day. One"
+        " `INSERT ... SELECT` per table from MariaDB's SEQUENCE engine, `unique_checks` and"
+        " `foreign_key_checks` off in the loading session only (the schema is untouched; the rows are"
+        " consistent by construction and spot-checked after).",
+        "",
+    ]
+
+
+def _read(results: Mapping[str, Any]) -> list[str]:
+    read = results.get("read", {})
+    durations = results.get("meta", {}).get("durations_s", {})
+    rows = []
+    entries = [(n, f"{label}<br>`{read.get(n, {}).get('path')}`") for n, label in READ_CASES.items()]
+    entries.append(("ceiling", "**ceiling**: one Starlette route"))
+    for name, label in entries:
+        if (figures := read.get(name)) is not None:
+            rows.append(_read_row(label, figures))
+    if bare := results.get("ceiling_bare_asgi"):
+        rows.append(_read_row("for reference: a bare ASGI callable", bare))
+    return [
+        "## Read path",
+        "",
+        f"wrk -t2 -c16 for {_fmt(durations.get('read'))} s after a {_fmt(durations.get('warmup'))} s warm-up,"
+        " with the heavy session's cookie. The ceiling answers the first page's bytes"
+        f" ({_fmt(results.get('first_page_bytes'))} B) from uvicorn started as `delivery serve` starts it.",
+        "",
+        *_table(["case", "req/s", "p50 ms", "p99 ms", "errors", "ratio to ceiling", "CPU cores"], rows),
+    ]
+
+
+def _read_row(label: str, figures: Mapping[str, Any]) -> list[str]:
+    return [
+        label,
+        _fmt(figures.get("rps")),
+        _fmt(figures.get("p50_ms"), 2),
+        _fmt(figures.get("p99_ms"), 2),
+        _fmt(figures.get("errors")),
+        _fmt(figures.get("ratio_to_ceiling"), 3),
+        _cpu(figures.get("cpu_cores")),
+    ]
+
+
+def _write(results: Mapping[str, Any]) -> list[str]:
+    write = results.get("write", {})
+    rows = []
+    for name, c in write.get("configs", {}).items():
+        label = f"`{name}`" + (f" (probe: {_fmt(c.get('registrations'))})" if c.get("probe") else "")
+        if c.get("skipped"):
+            rows.append([label, f"`{c.get('worker_args')}`", f"skipped ({c['skipped']})", *["-"] * 8])
+            continue
+        rows.append(
+            [
+                label,
+                f"`{c.get('worker_args')}`",
+                _fmt(c.get("works")),
+                *(_fmt(c.get(k)) for k in WRITE_KEYS),
+                _fmt(c.get("post_p50_ms")),
+                _fmt(c.get("post_p99_ms")),
+                _fmt(c.get("bank_requests")),
+                _fmt(c.get("worker_rss_mb")),
+                _cpu(c.get("cpu_cores_until_registered")),
+            ]
+        )
+    header = ["worker", "args", "works", "accepted/s", "registered/s", "to registered p50 ms", "p99 ms"]
+    header += ["POST p50 ms", "POST p99 ms", "bank requests", "worker RSS MB", "CPU cores"]
+    out = [
+        "## Write path",
+        "",
+        f"{_fmt(write.get('registrations'))} registrations (`POST /packages/`) from"
+        f" {_fmt(write.get('concurrency'))} keep-alive connections in as many sessions, for each worker"
+        " setting (`celery -A delivery.worker worker -Q registrations,pricing --loglevel INFO` + args), each"
+        " from a cold rate cache and empty queues. The client is a minimal asyncio HTTP/1.1 client: httpx"
+        " costs 2-6 ms of CPU per request at this concurrency, which on two cores would come out of the"
+        " service's share.",
+        "",
+        "- accepted/s: 202s over the time from the first request to the last 202;",
+        "- registered/s: registrations over the time from the first 202 to the last job's end;",
+        "- to registered: from a registration's 202 (at the client) to the end of its job"
+        f" ({write.get('registered_clock')}: written after the status became `registered`). While the API"
+        " accepts faster than the worker registers, this is mostly time spent queued;",
+        "- CPU cores: from the first request to the last registration.",
+        "",
+        f"Reported at the top of `write`: **`{write.get('config')}`**. Best registered/s among the full runs:"
+        f" **`{write.get('best')}`**.",
+        "",
+        *_table(header, rows),
+    ]
+    for name, c in write.get("configs", {}).items():
+        if not c.get("skipped") and not c.get("works"):
+            out += [
+                f"`{name}` does not work: {c.get('registered')}/{c.get('registrations')} packages created,"
+                f" statuses {c.get('states')}, client errors {c.get('client_errors') or 'none'}"
+                " (the worker's log tail is in latest.json).",
+                "",
+            ]
+    return out
+
+
+def _bank(results: Mapping[str, Any]) -> list[str]:
+    bank = results.get("bank_requests", {})
+    cold = bank.get("cold_64_detail", {})
+    write = results.get("write", {})
+    return [
+        "## The bank",
+        "",
+        *_table(
+            ["run", "upstream requests", "must be"],
+            [
+                [f"write run (`{write.get('config')}`, from a cold cache)", _fmt(bank.get("write_run")), "1"],
+                [
+                    f"cold cache: {cold.get('jobs')} registrations at once,"
+                    f" worker `{cold.get('worker_args')}`, the bank {cold.get('bank_delay_s')} s slow;"
+                    f" {_fmt(cold.get('registered_with_cost'))} registered with a cost",
+                    _fmt(bank.get("cold_64")),
+                    "1",
+                ],
+            ],
+        ),
+    ]
+
+
+def _daily(results: Mapping[str, Any]) -> list[str]:
+    daily = results.get("daily_totals", {})
+    return [
+        "## Daily totals",
+        "",
+        f"`GET /admin/stats/daily-costs/?date={daily.get('date')}`"
+        f" ({_fmt(daily.get('calculations_that_day'))} cost calculations that day), {daily.get('client')}:",
+        "",
+        *_table(
+            ["req/s", "p50 ms", "p99 ms", "errors", "CPU cores"],
+            [
+                [
+                    _fmt(daily.get("rps")),
+                    _fmt(daily.get("p50_ms"), 2),
+                    _fmt(daily.get("p99_ms"), 2),
+                    _fmt(daily.get("errors")),
+                    _cpu(daily.get("cpu_cores")),
+                ]
+            ],
+        ),
+    ]
+
+
+def _rss(results: Mapping[str, Any]) -> list[str]:
+    rss = results.get("peak_rss_mb", {})
+    cold = results.get("bank_requests", {}).get("cold_64_detail", {})
+    config = results.get("write", {}).get("config")
+    rows = [["API, whole run (VmHWM)", _fmt(rss.get("api"))]]
+    rows += [[f"worker `{n}`", _fmt(v)] for n, v in rss.get("worker_by_config", {}).items()]
+    rows.append(
+        [
+            f"worker of the cold-cache run ({cold.get('worker_processes')} processes)",
+            _fmt(cold.get("worker_rss_mb")),
+        ]
+    )
+    return [
+        "## Peak RSS",
+        "",
+        "The API's VmHWM (its own peak, kept by the kernel); a worker's largest sampled sum of VmRSS over its"
+        " main process and pool (every 0.25 s during its write run)."
+        f" Reported: API {_fmt(rss.get('api'))} MB, worker (`{config}`) {_fmt(rss.get('worker'))} MB.",
+        "",
+        *_table(["process", "MB"], rows),
+    ]
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    out = [
+        *_header(results),
+        *_seed(results),
+        *_read(results),
+        *_write(results),
+        *_bank(results),
+        *_daily(results),
+        *_rss(results),
+    ]
+    return "\n".join(out).rstrip() + "\n"
