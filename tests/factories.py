@@ -2,9 +2,9 @@
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -163,3 +163,27 @@ async def add_packages(
             ids.append(package.id)
         await db.commit()
     return ids
+
+
+async def add_unpriced_packages(
+    maker: Maker, session_id: int, specs: Sequence[tuple[int, str, str]]
+) -> list[int]:
+    """Insert packages without a cost, as a bank outage leaves them: (type_id, weight_kg, content_value_usd)
+    each; their ids, in order."""
+    now = datetime.now(UTC)
+    rows = [
+        Package(
+            registration_id=uuid.uuid4(),
+            session_id=session_id,
+            type_id=type_id,
+            name=f"parcel {i}",
+            weight_kg=Decimal(weight),
+            content_value_usd=Decimal(value),
+            created_at=now,
+        )
+        for i, (type_id, weight, value) in enumerate(specs)
+    ]
+    async with maker() as db:
+        db.add_all(rows)
+        await db.commit()
+        return [row.id for row in rows]

@@ -18,6 +18,7 @@ from delivery.api import create_app
 from delivery.config import Settings
 from delivery.models import ClientSession, CostCalculation, Package
 from delivery.service import hash_token
+from tests.factories import add_unpriced_packages
 from tests.fakebank import FakeBank
 from tests.stack import Stack, WorkerProcess
 
@@ -51,27 +52,6 @@ async def _new_session(maker: Maker) -> int:
         db.add(row)
         await db.commit()
         return row.id
-
-
-async def _add_packages(maker: Maker, session_id: int, specs: Sequence[tuple[int, str, str]]) -> list[int]:
-    """Insert packages without a cost: (type_id, weight_kg, content_value_usd) each; their ids, in order."""
-    now = datetime.now(UTC)
-    rows = [
-        Package(
-            registration_id=uuid.uuid4(),
-            session_id=session_id,
-            type_id=type_id,
-            name=f"parcel {i}",
-            weight_kg=Decimal(weight),
-            content_value_usd=Decimal(value),
-            created_at=now,
-        )
-        for i, (type_id, weight, value) in enumerate(specs)
-    ]
-    async with maker() as db:
-        db.add_all(rows)
-        await db.commit()
-        return [row.id for row in rows]
 
 
 async def _packages(maker: Maker, ids: Sequence[int]) -> dict[int, Package]:
@@ -206,7 +186,7 @@ async def test_paths_without_the_slash(client: httpx.AsyncClient, admin_headers:
 async def package_id(maker: Maker, customer: httpx.AsyncClient) -> int:
     """One package of the customer's session, without a cost or a company."""
     session_id = await _session_id(maker, customer)
-    (pid,) = await _add_packages(maker, session_id, [(2, "1.25", "120")])
+    (pid,) = await add_unpriced_packages(maker, session_id, [(2, "1.25", "120")])
     return pid
 
 
@@ -333,7 +313,7 @@ async def test_price_job_on_demand(
 ) -> None:
     session_id = await _new_session(maker)
     specs = [(1, "1.25", "120"), (2, "0.5", "999.99"), (3, "1000", "1000000000"), (1, "0.001", "0")]
-    ids = await _add_packages(maker, session_id, specs)
+    ids = await add_unpriced_packages(maker, session_id, specs)
 
     response = await client.post("/admin/jobs/price-packages/", headers=admin_headers)
     assert response.status_code == 202, response.text
@@ -370,7 +350,7 @@ async def test_price_job_with_the_bank_down_fails_visibly(
     bank: FakeBank,
 ) -> None:
     bank.mode = "error"
-    ids = await _add_packages(maker, await _new_session(maker), [(1, "2", "50"), (3, "1", "10")])
+    ids = await add_unpriced_packages(maker, await _new_session(maker), [(1, "2", "50"), (3, "1", "10")])
 
     response = await client.post("/admin/jobs/price-packages/", headers=admin_headers)
     assert response.status_code == 202, response.text

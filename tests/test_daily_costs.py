@@ -4,7 +4,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -18,6 +18,7 @@ from delivery.jobs import create_package, price_pending
 from delivery.models import ClientSession, CostCalculation, Package
 from delivery.rates import Rate
 from delivery.service import RegistrationJob, hash_token
+from tests.factories import add_unpriced_packages
 from tests.stack import Stack
 
 Maker = async_sessionmaker[AsyncSession]
@@ -58,27 +59,6 @@ async def new_session(maker: Maker) -> int:
         db.add(row)
         await db.commit()
         return row.id
-
-
-async def add_unpriced(maker: Maker, session_id: int, specs: Sequence[Spec]) -> list[int]:
-    """Insert packages without a cost, as a registration during a bank outage leaves them; their ids."""
-    now = datetime.now(UTC)
-    rows = [
-        Package(
-            registration_id=uuid.uuid4(),
-            session_id=session_id,
-            type_id=type_id,
-            name=f"parcel {i}",
-            weight_kg=Decimal(weight),
-            content_value_usd=Decimal(value),
-            created_at=now,
-        )
-        for i, (type_id, weight, value) in enumerate(specs)
-    ]
-    async with maker() as db:
-        db.add_all(rows)
-        await db.commit()
-        return [row.id for row in rows]
 
 
 def registration(session_id: int, spec: Spec) -> RegistrationJob:
@@ -159,10 +139,10 @@ async def test_totals_by_type_and_day(
     client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
 ) -> None:
     session_id = await new_session(maker)
-    day1_ids = await add_unpriced(maker, session_id, DAY1_SPECS)
+    day1_ids = await add_unpriced_packages(maker, session_id, DAY1_SPECS)
     assert await price_pending(maker, RATE1, clock=fixed(at(DAY1, 10))) == len(DAY1_SPECS)
 
-    day2_ids = await add_unpriced(maker, session_id, DAY2_SPECS)
+    day2_ids = await add_unpriced_packages(maker, session_id, DAY2_SPECS)
     assert await price_pending(maker, RATE2, clock=fixed(at(DAY2, 9, 30))) == len(DAY2_SPECS)
     # Priced at registration, on day 2; and one registered without a rate, which counts nowhere.
     registered_specs: list[Spec] = [(1, "4.5", "350.25"), (3, "0.25", "19.99")]
@@ -207,9 +187,9 @@ async def test_day_boundary_is_utc_midnight(
     session_id = await new_session(maker)
     last_moment = at(DAY1, 23, 59, 59, 999999)
     midnight = at(DAY2, 0)
-    (late,) = await add_unpriced(maker, session_id, [(1, "2", "100")])
+    (late,) = await add_unpriced_packages(maker, session_id, [(1, "2", "100")])
     assert await price_pending(maker, RATE1, clock=fixed(last_moment)) == 1
-    (early,) = await add_unpriced(maker, session_id, [(1, "3", "200")])
+    (early,) = await add_unpriced_packages(maker, session_id, [(1, "3", "200")])
     assert await price_pending(maker, RATE1, clock=fixed(midnight)) == 1
 
     assert await daily(client, admin_headers, DAY1) == expected(DAY1, [(1, cost("2", "100", RATE1.usd_rub))])
@@ -246,7 +226,7 @@ async def test_pricing_twice_counts_each_package_once(
     client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
 ) -> None:
     session_id = await new_session(maker)
-    await add_unpriced(maker, session_id, DAY1_SPECS)
+    await add_unpriced_packages(maker, session_id, DAY1_SPECS)
     assert await price_pending(maker, RATE1, clock=fixed(at(DAY1, 10))) == len(DAY1_SPECS)
     before = await daily(client, admin_headers, DAY1)
     log_before = [(row.package_id, row.delivery_cost_rub) for row in await cost_log(maker)]
@@ -280,7 +260,7 @@ async def test_overlapping_runs_price_each_package_once(
     """Two runs at once, on different days and rates, in small batches so they interleave."""
     count = 120
     specs: list[Spec] = [(1 + i % 3, f"{1 + i % 7}.{i:03d}", f"{i * 13}.{i % 100:02d}") for i in range(count)]
-    ids = await add_unpriced(maker, await new_session(maker), specs)
+    ids = await add_unpriced_packages(maker, await new_session(maker), specs)
 
     priced = await asyncio.gather(
         price_pending(maker, RATE1, batch_size=7, clock=fixed(at(DAY1, 12))),
@@ -315,7 +295,7 @@ async def test_overlapping_runs_on_one_day_keep_the_total(
 ) -> None:
     count = 90
     specs: list[Spec] = [(1 + i % 3, f"0.{i + 1:03d}", f"{i}.99") for i in range(count)]
-    ids = await add_unpriced(maker, await new_session(maker), specs)
+    ids = await add_unpriced_packages(maker, await new_session(maker), specs)
     clock = fixed(at(DAY1, 18))
     priced = await asyncio.gather(
         price_pending(maker, RATE1, batch_size=5, clock=clock),
@@ -333,7 +313,7 @@ async def test_overlapping_runs_on_one_day_keep_the_total(
 
 async def test_each_calculation_is_logged(maker: Maker) -> None:
     session_id = await new_session(maker)
-    batch_ids = await add_unpriced(maker, session_id, DAY1_SPECS)
+    batch_ids = await add_unpriced_packages(maker, session_id, DAY1_SPECS)
     priced_at = at(DAY1, 10, 15, 30, 123456)
     await price_pending(maker, RATE1, clock=fixed(priced_at))
     registered_at = at(DAY2, 7, 0, 0, 1)
