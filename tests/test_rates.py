@@ -167,7 +167,9 @@ def test_nominal_with_an_inexact_quotient() -> None:
     document = with_usd("daily_json.js", Nominal=3, Value=Decimal("100.0000"))
     rate = parse_daily(dump(document))
     assert type(rate.usd_rub) is Decimal
-    assert rate.usd_rub == Decimal("100.0000") / Decimal(3)
+    # Rounded half-up to the 8 places the rate columns hold: the rate stored is the rate the cost used.
+    assert rate.usd_rub == Decimal("33.33333333")
+    assert int(rate.usd_rub.as_tuple().exponent) == -rates.RATE_PLACES
 
 
 def test_value_written_as_an_integer_or_with_an_exponent() -> None:
@@ -478,8 +480,8 @@ async def test_cached_inexact_rate_round_trips(cache: RateCache, bank: FakeBank,
     fetched = await cache.get()
     async with AsyncExitStack() as stack:
         (other,) = await separate_caches(stack, settings, 1)
-        assert_exact(await other.get(), Decimal("100.0000") / Decimal(3), date(2025, 6, 26))
-    assert fetched.usd_rub == Decimal("100.0000") / Decimal(3)
+        assert_exact(await other.get(), Decimal("33.33333333"), date(2025, 6, 26))
+    assert fetched.usd_rub == Decimal("33.33333333")
     assert bank.requests == 1
 
 

@@ -7,7 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import httpx
@@ -23,6 +23,8 @@ USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 )
 FETCH_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+#: Decimal places of the rate column (`packages.usd_rub_rate`, `cost_calculations.usd_rub_rate`).
+RATE_PLACES = 8
 
 CACHE_KEY = "rate:usd_rub"
 LOCK_KEY = "rate:usd_rub:lock"
@@ -74,7 +76,11 @@ def parse_daily(body: bytes | str) -> Rate:
         day = datetime.fromisoformat(raw_date).date()
     except ValueError as exc:
         raise RateFormatError(f"bad Date: {exc}") from None
-    return Rate(usd_rub=value / nominal, date=day)
+    usd_rub = value / nominal
+    if int(usd_rub.as_tuple().exponent) < -RATE_PLACES:
+        # Only a nominal that is not a power of ten gets here: keep what the rate column can hold exactly.
+        usd_rub = usd_rub.quantize(Decimal(1).scaleb(-RATE_PLACES), rounding=ROUND_HALF_UP)
+    return Rate(usd_rub=usd_rub, date=day)
 
 
 def _positive(raw: Any, field: str) -> Decimal:
