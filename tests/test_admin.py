@@ -5,7 +5,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -18,7 +17,7 @@ from delivery.api import create_app
 from delivery.config import Settings
 from delivery.models import ClientSession, CostCalculation, Package
 from delivery.service import hash_token
-from tests.factories import add_unpriced_packages
+from tests.factories import add_session, add_unpriced_packages
 from tests.fakebank import FakeBank
 from tests.stack import Stack, WorkerProcess
 
@@ -41,17 +40,6 @@ async def _session_id(maker: Maker, customer: httpx.AsyncClient) -> int:
         return (
             await db.execute(select(ClientSession.id).where(ClientSession.token_hash == hash_token(token)))
         ).scalar_one()
-
-
-async def _new_session(maker: Maker) -> int:
-    now = datetime.now(UTC)
-    async with maker() as db:
-        row = ClientSession(
-            token_hash=hash_token(uuid.uuid4().hex), created_at=now, expires_at=now + timedelta(hours=1)
-        )
-        db.add(row)
-        await db.commit()
-        return row.id
 
 
 async def _packages(maker: Maker, ids: Sequence[int]) -> dict[int, Package]:
@@ -311,7 +299,7 @@ async def test_first_company_wins_under_concurrency(
 async def test_price_job_on_demand(
     client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker, worker: WorkerProcess
 ) -> None:
-    session_id = await _new_session(maker)
+    session_id = (await add_session(maker))[0]
     specs = [(1, "1.25", "120"), (2, "0.5", "999.99"), (3, "1000", "1000000000"), (1, "0.001", "0")]
     ids = await add_unpriced_packages(maker, session_id, specs)
 
@@ -350,7 +338,7 @@ async def test_price_job_with_the_bank_down_fails_visibly(
     bank: FakeBank,
 ) -> None:
     bank.mode = "error"
-    ids = await add_unpriced_packages(maker, await _new_session(maker), [(1, "2", "50"), (3, "1", "10")])
+    ids = await add_unpriced_packages(maker, (await add_session(maker))[0], [(1, "2", "50"), (3, "1", "10")])
 
     response = await client.post("/admin/jobs/price-packages/", headers=admin_headers)
     assert response.status_code == 202, response.text

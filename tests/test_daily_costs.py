@@ -15,10 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.jobs import create_package, price_pending
-from delivery.models import ClientSession, CostCalculation, Package
+from delivery.models import CostCalculation, Package
 from delivery.rates import Rate
-from delivery.service import RegistrationJob, hash_token
-from tests.factories import add_unpriced_packages
+from delivery.service import RegistrationJob
+from tests.factories import add_session, add_unpriced_packages
 from tests.stack import Stack
 
 Maker = async_sessionmaker[AsyncSession]
@@ -48,17 +48,6 @@ def cost(weight: str, value: str, usd_rub: Decimal) -> Decimal:
     """The contract's formula, written out here rather than borrowed from the code under test."""
     raw = (Decimal(weight) * Decimal("0.5") + Decimal(value) * Decimal("0.01")) * usd_rub
     return raw.quantize(KOPECK, rounding=ROUND_HALF_UP)
-
-
-async def new_session(maker: Maker) -> int:
-    now = datetime.now(UTC)
-    async with maker() as db:
-        row = ClientSession(
-            token_hash=hash_token(uuid.uuid4().hex), created_at=now, expires_at=now + timedelta(hours=1)
-        )
-        db.add(row)
-        await db.commit()
-        return row.id
 
 
 def registration(session_id: int, spec: Spec) -> RegistrationJob:
@@ -138,7 +127,7 @@ DAY2_SPECS: list[Spec] = [
 async def test_totals_by_type_and_day(
     client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
 ) -> None:
-    session_id = await new_session(maker)
+    session_id = (await add_session(maker))[0]
     day1_ids = await add_unpriced_packages(maker, session_id, DAY1_SPECS)
     assert await price_pending(maker, RATE1, clock=fixed(at(DAY1, 10))) == len(DAY1_SPECS)
 
@@ -184,7 +173,7 @@ async def test_totals_by_type_and_day(
 async def test_day_boundary_is_utc_midnight(
     client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
 ) -> None:
-    session_id = await new_session(maker)
+    session_id = (await add_session(maker))[0]
     last_moment = at(DAY1, 23, 59, 59, 999999)
     midnight = at(DAY2, 0)
     (late,) = await add_unpriced_packages(maker, session_id, [(1, "2", "100")])
@@ -225,7 +214,7 @@ async def test_bad_date_is_422(
 async def test_pricing_twice_counts_each_package_once(
     client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
 ) -> None:
-    session_id = await new_session(maker)
+    session_id = (await add_session(maker))[0]
     await add_unpriced_packages(maker, session_id, DAY1_SPECS)
     assert await price_pending(maker, RATE1, clock=fixed(at(DAY1, 10))) == len(DAY1_SPECS)
     before = await daily(client, admin_headers, DAY1)
@@ -244,7 +233,7 @@ async def test_registering_twice_counts_once(
     client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
 ) -> None:
     """A redelivered registration job creates nothing new, so it adds nothing to the day."""
-    job = registration(await new_session(maker), (2, "1.5", "250"))
+    job = registration((await add_session(maker))[0], (2, "1.5", "250"))
     first = await create_package(maker, job, RATE1, clock=fixed(at(DAY1, 8)))
     again = await create_package(maker, job, RATE1, clock=fixed(at(DAY1, 9)))
     assert again == first
@@ -260,7 +249,7 @@ async def test_overlapping_runs_price_each_package_once(
     """Two runs at once, on different days and rates, in small batches so they interleave."""
     count = 120
     specs: list[Spec] = [(1 + i % 3, f"{1 + i % 7}.{i:03d}", f"{i * 13}.{i % 100:02d}") for i in range(count)]
-    ids = await add_unpriced_packages(maker, await new_session(maker), specs)
+    ids = await add_unpriced_packages(maker, (await add_session(maker))[0], specs)
 
     priced = await asyncio.gather(
         price_pending(maker, RATE1, batch_size=7, clock=fixed(at(DAY1, 12))),
@@ -295,7 +284,7 @@ async def test_overlapping_runs_on_one_day_keep_the_total(
 ) -> None:
     count = 90
     specs: list[Spec] = [(1 + i % 3, f"0.{i + 1:03d}", f"{i}.99") for i in range(count)]
-    ids = await add_unpriced_packages(maker, await new_session(maker), specs)
+    ids = await add_unpriced_packages(maker, (await add_session(maker))[0], specs)
     clock = fixed(at(DAY1, 18))
     priced = await asyncio.gather(
         price_pending(maker, RATE1, batch_size=5, clock=clock),
@@ -312,7 +301,7 @@ async def test_overlapping_runs_on_one_day_keep_the_total(
 
 
 async def test_each_calculation_is_logged(maker: Maker) -> None:
-    session_id = await new_session(maker)
+    session_id = (await add_session(maker))[0]
     batch_ids = await add_unpriced_packages(maker, session_id, DAY1_SPECS)
     priced_at = at(DAY1, 10, 15, 30, 123456)
     await price_pending(maker, RATE1, clock=fixed(priced_at))

@@ -165,9 +165,9 @@ class EmbeddedStore:
         found = []
         for key in self._cache.iterkeys():
             if isinstance(key, str) and key.startswith(prefix):
-                value = self._cache.get(key)
-                if value is not None and float(value) < score:
-                    found.append((float(value), key.removeprefix(prefix)))
+                member_score = self._cache.get(key)  # a timestamp
+                if member_score is not None and member_score < score:
+                    found.append((member_score, key.removeprefix(prefix)))
         return [member for _, member in sorted(found)[:limit]]
 
     async def ping(self) -> None:

@@ -71,9 +71,9 @@ def create_celery(settings: Settings) -> Celery:
         beat_schedule={
             "price-pending-packages": {
                 "task": PRICE_TASK,
-                "schedule": float(settings.COST_RECALC_INTERVAL),
+                "schedule": settings.COST_RECALC_INTERVAL,  # seconds
                 # A run that no worker took within one period is dropped: the next one does its work.
-                "options": {"expires": float(settings.COST_RECALC_INTERVAL)},
+                "options": {"expires": settings.COST_RECALC_INTERVAL},
             },
             "recover-pending-registrations": {
                 "task": RECOVER_TASK,
