@@ -219,18 +219,20 @@ async def get_status(store: Store, session_id: int, status_id: uuid.UUID) -> Sta
 
 async def bind_transport_company(db: AsyncSession, package_id: int, company_id: int) -> Package:
     """The first company wins: one conditional UPDATE decides, whatever the concurrency."""
-    result = await db.execute(
-        update(Package)
-        .where(Package.id == package_id, Package.transport_company_id.is_(None))
-        .values(transport_company_id=company_id)
-        .execution_options(synchronize_session=False)
-    )
-    await db.commit()
-    package = await get_package(db, None, package_id)
-    if result.rowcount == 0 and package.transport_company_id != company_id:  # type: ignore[attr-defined]
-        assert package.transport_company_id is not None
-        raise TransportCompanyConflict(package.transport_company_id)
-    return package
+    while True:
+        result = await db.execute(
+            update(Package)
+            .where(Package.id == package_id, Package.transport_company_id.is_(None))
+            .values(transport_company_id=company_id)
+            .execution_options(synchronize_session=False)
+        )
+        await db.commit()
+        package = await get_package(db, None, package_id)
+        if result.rowcount == 1 or package.transport_company_id == company_id:  # type: ignore[attr-defined]
+            return package
+        if package.transport_company_id is not None:
+            raise TransportCompanyConflict(package.transport_company_id)
+        # The package was created after the UPDATE looked for it: it exists now, so the next UPDATE decides.
 
 
 async def daily_costs(db: AsyncSession, day: date) -> list[tuple[PackageType, int, Decimal]]:
