@@ -7,6 +7,10 @@ With CI=true a missing real service fails.
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -33,6 +37,22 @@ from tests.stack import (
 
 CI = os.environ.get("CI", "").lower() == "true"
 TYPES = [{"id": 1, "name": "clothes"}, {"id": 2, "name": "electronics"}, {"id": 3, "name": "misc"}]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos",
+        action="store_true",
+        help="run tests/chaos: fault bursts that restart MariaDB, Redis and RabbitMQ (`make chaos`, serial)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fault bursts restart shared services: never beside the other tests, only with --chaos."""
+    chaos = collection_path.name == "chaos" and collection_path.parent == Path(__file__).parent
+    if chaos and not config.getoption("--chaos"):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -153,3 +173,34 @@ def start_worker(stack: Stack) -> Iterator[type[WorkerProcess]]:
     yield Own
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def beat(stack: Stack, tmp_path: Path) -> Iterator[Path]:
+    """`celery beat` running the periodic pricing job every second; its log."""
+    log_path = tmp_path / "beat.log"
+    args = [
+        sys.executable, "-m", "celery", "-A", "delivery.worker", "beat",
+        "-s", str(tmp_path / "beat-schedule"), "--loglevel", "INFO",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            args,
+            env=stack.env(COST_RECALC_INTERVAL=1),
+            cwd=stack.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield log_path
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        # The last run it sent expires after one period (1 s) unless the worker ran it at once: let it go by,
+        # so that it does not fill the next test's rate cache.
+        time.sleep(1.5)

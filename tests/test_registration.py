@@ -31,7 +31,7 @@ from tests.helpers import (
     wait_all_done,
     wait_done,
 )
-from tests.stack import WorkerProcess
+from tests.stack import WorkerProcess, clear_store
 
 BANK_FIXTURES = sorted(path.name for path in FIXTURES.glob("daily_json*.js"))
 
@@ -369,6 +369,33 @@ async def test_same_idempotency_key_from_two_sessions(
         assert (await other.get(mine.headers["Location"])).status_code == 404
     assert (await customer.get(f"/packages/{my_status['package_id']}/")).json()["name"] == "mine"
     assert await package_count(maker) == 2
+
+
+async def test_a_store_that_forgot_still_gives_one_registration(
+    customer: httpx.AsyncClient, worker: WorkerProcess, settings: Settings, maker: Maker
+) -> None:
+    """The status store lost everything (Redis restarted without persistence) after a registration:
+    its status still reads `registered` (from the package), and the same Idempotency-Key sent again is
+    the same registration, not a second package."""
+    headers = {"Idempotency-Key": "order-before-the-restart"}
+    first = await customer.post("/packages/", json=valid_body(), headers=headers)
+    assert first.status_code == 202, first.text
+    registered = await wait_done(customer, first.headers["Location"])
+    assert registered["state"] == "registered", registered
+
+    await clear_store(settings)
+    assert (await customer.get(first.headers["Location"])).json() == registered
+
+    again = await customer.post("/packages/", json=valid_body(), headers=headers)
+    assert again.status_code == 202, again.text
+    assert again.json() == first.json()
+    assert await wait_done(customer, again.headers["Location"]) == registered
+    await asyncio.sleep(0.5)  # a second package, had the job made one, would be there by now
+    rows = await packages_by_registration(maker)
+    assert [str(r) for r in rows] == [first.json()["status_id"]] and len(rows[next(iter(rows))]) == 1
+
+    async with other_session(customer) as other:  # the fallback answers the owner alone
+        assert (await other.get(first.headers["Location"])).status_code == 404
 
 
 @pytest.mark.parametrize(

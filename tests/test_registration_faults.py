@@ -7,11 +7,9 @@ and one that was refused (503) left nothing behind.
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -112,37 +110,6 @@ async def test_bank_outage_registers_without_cost_then_pricing_job_prices_it(
     assert await _cost(customer, package_id) == _expected()
     again = await _run_pricing_job(customer, admin_headers)
     assert again["result"] == {"priced": 0}
-
-
-@pytest.fixture
-def beat(stack: Stack, tmp_path: Path) -> Iterator[Path]:
-    """`celery beat` running the periodic pricing job every second; its log."""
-    log_path = tmp_path / "beat.log"
-    args = [
-        sys.executable, "-m", "celery", "-A", "delivery.worker", "beat",
-        "-s", str(tmp_path / "beat-schedule"), "--loglevel", "INFO",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            args,
-            env=stack.env(COST_RECALC_INTERVAL=1),
-            cwd=stack.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield log_path
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        # The last run it sent expires after one period (1 s) unless the worker ran it at once: let it go by,
-        # so that it does not fill the next test's rate cache.
-        time.sleep(1.5)
 
 
 async def test_beat_prices_packages_without_a_cost(

@@ -1,5 +1,6 @@
 """GET /sessions/new/: the cookie, what the server keeps of it, and who gets a 401."""
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from delivery.config import Settings
 from delivery.db import utcnow
 from delivery.models import ClientSession
+from delivery.service import SESSION_CACHE_SECONDS, SessionCache
 from tests.factories import COOKIE, add_package, add_session, app_client, open_session, use_session
 
 URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
@@ -166,8 +168,27 @@ async def test_token_hash_instead_of_token_is_401(
 async def test_expired_session_is_401(
     client: httpx.AsyncClient, maker: async_sessionmaker[AsyncSession]
 ) -> None:
-    session_id = await open_session(client)
+    """A session is refused from its expiry on, also right after it was accepted (and so remembered)."""
+    session_id, token = await add_session(maker, expires_at=utcnow() + timedelta(seconds=1.5))
     await add_package(maker, session_id=session_id)
+    use_session(client, token)
+    assert (await client.get("/packages/")).status_code == 200
+
+    async with maker() as db:
+        expires_at = await db.scalar(select(ClientSession.expires_at).where(ClientSession.id == session_id))
+    assert expires_at is not None
+    await asyncio.sleep(max((expires_at - utcnow()).total_seconds(), 0) + 0.05)
+
+    for response in await session_endpoints(client):
+        assert response.status_code == 401, (response.request.url, response.text)
+
+
+async def test_session_cut_short_in_the_database_is_401_within_the_cache_period(
+    client: httpx.AsyncClient, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    """An operator who expires a session in the database: the API remembers a live session for at most
+    SESSION_CACHE_SECONDS, then refuses it."""
+    session_id = await open_session(client)
     assert (await client.get("/packages/")).status_code == 200
 
     async with maker() as db:
@@ -177,6 +198,7 @@ async def test_expired_session_is_401(
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
         await db.commit()
+    await asyncio.sleep(SESSION_CACHE_SECONDS + 0.1)
 
     for response in await session_endpoints(client):
         assert response.status_code == 401, (response.request.url, response.text)
@@ -203,3 +225,17 @@ async def test_new_session_with_or_without_trailing_slash(client: httpx.AsyncCli
     assert "httponly" in attributes
     use_session(client, token)
     assert (await client.get("/packages/")).status_code == 200
+
+
+def test_session_cache_is_bounded_and_forgets_expired_sessions() -> None:
+    cache = SessionCache(ttl=60, size=2)
+    now = utcnow()
+    cache.put("a", 1, now + timedelta(hours=1))
+    cache.put("b", 2, now + timedelta(seconds=1))
+    cache.put("c", 3, now + timedelta(hours=1))
+
+    assert cache.get("a", now) is None  # the oldest went to make room
+    assert cache.get("c", now) == 3
+    assert cache.get("b", now) == 2
+    assert cache.get("b", now + timedelta(seconds=1)) is None  # expired: refused, and forgotten
+    assert cache.get("b", now) is None

@@ -21,7 +21,7 @@ from delivery.rates import Rate, RateCache
 from delivery.service import PENDING_INDEX, Publisher, RegistrationJob, StatusRecord, status_key
 
 __all__ = ["RegistrationJob", "compute_cost", "price_now", "process_registration"]
-from delivery.store import Store
+from delivery.store import Store, replace_unindexed
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,11 @@ async def record_outcome(
         package_id=package_id,
         error_message=error,
     )
-    if not await store.replace(status_key(job.registration_id), record.dumps()):
+    key = status_key(job.registration_id)
+    if not await replace_unindexed(
+        store, key, record.dumps(), index=PENDING_INDEX, member=job.registration_id
+    ):
         logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
-    await store.index_remove(PENDING_INDEX, job.registration_id)
 
 
 async def recover_pending(store: Store, publish: Publisher, *, older_than: float, limit: int = 1000) -> int:

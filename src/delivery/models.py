@@ -69,6 +69,21 @@ class Package(Base):
     type: Mapped[PackageType] = relationship(lazy="raise")
 
 
+class PackageCount(Base):
+    """How many packages each session has, per type and cost known or not: a list's total without a COUNT.
+
+    Kept by triggers on `packages` (see the `package_counts` migration), so that every writer keeps it exact:
+    the registration job, the pricing job, and anything else that inserts, prices or deletes packages.
+    """
+
+    __tablename__ = "package_counts"
+
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    type_id: Mapped[int] = mapped_column(ForeignKey("package_types.id", ondelete="CASCADE"), primary_key=True)
+    has_cost: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    packages: Mapped[int] = mapped_column(BigInteger)
+
+
 class CostCalculation(Base):
     """The log of cost calculations: one row per package, written with the cost itself."""
 

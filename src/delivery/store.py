@@ -105,6 +105,27 @@ class RedisStore:
             members = await self._redis.zrangebyscore(index, "-inf", f"({score}", start=0, num=limit)
             return [str(member) for member in members]
 
+    async def set_indexed(
+        self, key: str, value: str, *, ttl: float, index: str, member: str, score: float
+    ) -> None:
+        async with _unavailable_on_error(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, px=_ms(ttl))
+            pipe.zadd(index, {member: score})
+            await pipe.execute()
+
+    async def replace_unindexed(self, key: str, value: str, *, index: str, member: str) -> bool:
+        async with _unavailable_on_error(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, xx=True, keepttl=True)
+            pipe.zrem(index, member)
+            replaced, _ = await pipe.execute()
+            return bool(replaced)
+
+    async def delete_unindexed(self, key: str, *, index: str, member: str) -> None:
+        async with _unavailable_on_error(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.zrem(index, member)
+            await pipe.execute()
+
     async def ping(self) -> None:
         async with _unavailable_on_error():
             await self._redis.ping()
@@ -175,6 +196,40 @@ class EmbeddedStore:
 
     async def close(self) -> None:
         self._cache.close()
+
+
+# A key and its member of an index, written together: one round trip and one transaction on Redis (MULTI),
+# the protocol's two calls on any other store (the embedded one is dev-sized; a wrapper keeps its protocol).
+
+
+async def set_indexed(
+    store: Store, key: str, value: str, *, ttl: float, index: str, member: str, score: float
+) -> None:
+    """Set `key` and put `member` in `index` with `score`."""
+    if isinstance(store, RedisStore):
+        await store.set_indexed(key, value, ttl=ttl, index=index, member=member, score=score)
+    else:
+        await store.set(key, value, ttl=ttl)
+        await store.index_add(index, member, score)
+
+
+async def replace_unindexed(store: Store, key: str, value: str, *, index: str, member: str) -> bool:
+    """Overwrite an existing `key` (keeping its expiry) and take `member` out of `index`; False when `key`
+    was gone."""
+    if isinstance(store, RedisStore):
+        return await store.replace_unindexed(key, value, index=index, member=member)
+    replaced = await store.replace(key, value)
+    await store.index_remove(index, member)
+    return replaced
+
+
+async def delete_unindexed(store: Store, key: str, *, index: str, member: str) -> None:
+    """Delete `key` and take `member` out of `index`."""
+    if isinstance(store, RedisStore):
+        await store.delete_unindexed(key, index=index, member=member)
+    else:
+        await store.delete(key)
+        await store.index_remove(index, member)
 
 
 def create_store(settings: Settings) -> Store:

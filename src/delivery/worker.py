@@ -52,6 +52,10 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         result_backend=_result_backend(settings),
         result_expires=86400,
+        # A result that cannot be written (Redis restarting) is written again, backing off up to 10 s,
+        # rather than failing the job: a job that fails outside its body is acknowledged, and lost.
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -112,6 +116,18 @@ def _result_backend(settings: Settings) -> str:
     folder = (EMBEDDED_DIR / "results").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"file://{folder}"
+
+
+def publish_registration(app: Celery, job: jobs.RegistrationJob) -> None:
+    """Publish a registration job (blocking until the broker confirms it), as `send_task` would, but without
+    subscribing to its result: on the Redis backend `send_task` SUBSCRIBEs the publisher to every task's
+    result channel (and UNSUBSCRIBEs when the result object goes), round trips that nobody here reads.
+    The worker still records the task's states and outcome."""
+    args = (job.to_json(),)
+    message = app.amqp.create_task_message(job.registration_id, REGISTER_TASK, args, {})
+    route = app.amqp.router.route({}, REGISTER_TASK, args, {})
+    with app.producer_or_acquire() as producer:
+        app.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
 
 
 settings = get_settings()

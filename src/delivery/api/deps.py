@@ -2,12 +2,13 @@
 
 import asyncio
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Annotated
 
 import anyio.to_thread
+import sqlalchemy.exc
 from celery import Celery
 from fastapi import Cookie, Depends, Header, Path, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -19,7 +20,12 @@ from delivery.errors import Unauthenticated
 from delivery.schemas import MAX_BIGINT
 from delivery.service import RegistrationJob
 from delivery.store import Store
-from delivery.worker import REGISTER_TASK
+from delivery.worker import publish_registration
+
+logger = logging.getLogger(__name__)
+
+#: What a lost connection to the database raises.
+DB_GONE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
 
 @dataclass
@@ -33,6 +39,7 @@ class Resources:
     celery: Celery
     type_ids: frozenset[int] = field(default_factory=frozenset)
     type_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sessions: service.SessionCache = field(default_factory=service.SessionCache)
 
     async def type_exists(self, db: AsyncSession, type_id: int) -> bool:
         """Types come from migrations: the ids are kept, and re-read on a miss in case one was added."""
@@ -42,13 +49,11 @@ class Resources:
         return type_id in self.type_ids
 
     async def publish(self, job: RegistrationJob) -> None:
-        send = partial(
-            self.celery.send_task, REGISTER_TASK, args=[job.to_json()], task_id=job.registration_id
-        )
-        await anyio.to_thread.run_sync(send)
+        await anyio.to_thread.run_sync(publish_registration, self.celery, job)
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
+    # async: FastAPI runs a plain `def` dependency in the thread pool, a hand-off dearer than the work.
     resources: Resources = request.app.state.resources
     return resources
 
@@ -57,8 +62,16 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 async def get_db(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
-    async with resources.maker() as db:
+    db = resources.maker()
+    try:
         yield db
+    finally:
+        # Closing runs after the answer went out: a connection that died meanwhile (the database restarted)
+        # must not turn into an error there. The pool drops that connection; the answer stands.
+        try:
+            await db.close()
+        except DB_GONE as exc:
+            logger.warning("database connection lost when closing a session error=%r", exc)
 
 
 DbSession = Annotated[AsyncSession, Depends(get_db)]
@@ -66,11 +79,12 @@ DbSession = Annotated[AsyncSession, Depends(get_db)]
 
 async def current_session(
     db: DbSession,
+    resources: ResourcesDep,
     session_id: Annotated[str | None, Cookie(description="the token set by GET /sessions/new/")] = None,
 ) -> int:
     if not session_id:
         raise Unauthenticated
-    sid = await service.authenticate(db, session_id)
+    sid = await service.authenticate(db, session_id, cache=resources.sessions)
     if sid is None:
         raise Unauthenticated
     return sid

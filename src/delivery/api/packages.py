@@ -83,10 +83,10 @@ async def register_package(
     responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
 )
 async def registration_status(
-    status_id: uuid.UUID, session_id: SessionId, resources: ResourcesDep
+    status_id: uuid.UUID, session_id: SessionId, resources: ResourcesDep, db: DbSession
 ) -> RegistrationStatus:
     """Where a registration stands: pending, registered (with the package id) or failed."""
-    record = await service.get_status(resources.store, session_id, status_id)
+    record = await service.get_status(resources.store, db, session_id, status_id)
     return RegistrationStatus(
         status_id=status_id,
         state=record.state,

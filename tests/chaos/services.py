@@ -1,0 +1,90 @@
+"""Stopping and starting this machine's MariaDB, Redis and RabbitMQ, as CI starts them (`.ci/run`).
+
+Every function leaves the service running; `ensure_all_up` brings back whatever a failed test left down.
+"""
+
+import socket
+import subprocess
+import time
+
+MARIADB_PORT = 3306
+REDIS_PORT = 6379
+RABBITMQ_PORT = 5672
+START_TIMEOUT = 120.0
+
+MARIADB_START = ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"]
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", str(REDIS_PORT),
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _wait(port: int, up: bool, what: str, timeout: float = START_TIMEOUT) -> float:
+    """Wait until the port is open (`up`) or closed; the seconds it took."""
+    started = time.monotonic()
+    while port_open(port) != up:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{what} still {'down' if up else 'up'} after {timeout:.0f}s")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _run(command: list[str], timeout: float = START_TIMEOUT) -> None:
+    subprocess.run(command, check=True, capture_output=True, timeout=timeout)
+
+
+# --- MariaDB ---
+
+
+def stop_mariadb() -> None:
+    _run(["mysqladmin", "-uroot", "-h127.0.0.1", "shutdown"])
+    _wait(MARIADB_PORT, False, "MariaDB")
+
+
+def start_mariadb() -> None:
+    _run(MARIADB_START)
+    _wait(MARIADB_PORT, True, "MariaDB")
+
+
+# --- Redis: no persistence here, so a restart forgets everything it held ---
+
+
+def stop_redis() -> None:
+    _run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"])
+    _wait(REDIS_PORT, False, "Redis")
+
+
+def start_redis() -> None:
+    _run(REDIS_START)
+    _wait(REDIS_PORT, True, "Redis")
+
+
+# --- RabbitMQ: the whole node (the Erlang VM too), durable queues and persistent messages kept on disk ---
+
+
+def stop_rabbitmq() -> None:
+    _run(["rabbitmqctl", "-q", "shutdown"])
+    _wait(RABBITMQ_PORT, False, "RabbitMQ")
+
+
+def start_rabbitmq() -> None:
+    subprocess.run(["rabbitmq-server", "-detached"], check=True, capture_output=True, timeout=60)
+    _wait(RABBITMQ_PORT, True, "RabbitMQ")  # await_startup needs a node that already answers
+    _run(["rabbitmqctl", "-q", "await_startup", "--timeout", str(int(START_TIMEOUT))])
+
+
+def ensure_all_up() -> None:
+    if not port_open(MARIADB_PORT):
+        start_mariadb()
+    if not port_open(REDIS_PORT):
+        start_redis()
+    if not port_open(RABBITMQ_PORT):
+        start_rabbitmq()
