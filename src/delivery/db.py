@@ -92,7 +92,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
+def create_engine(settings: Settings, *, autocommit: bool = False, **kwargs: Any) -> AsyncEngine:
+    """An engine for `settings`; `autocommit` for callers whose every statement stands alone (the API).
+
+    In autocommit mode MariaDB runs each statement as its own transaction, and SQLAlchemy sends no ROLLBACK
+    when a session closes: one round trip fewer per request. (SQLite's rollback of nothing costs nothing.)
+    """
     url = make_url(settings.DATABASE_URL)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -100,6 +105,9 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    if autocommit:
+        kwargs.setdefault("isolation_level", "AUTOCOMMIT")
+        kwargs.setdefault("skip_autocommit_rollback", True)
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_recycle", 3600)
     return create_async_engine(url, **kwargs)

@@ -29,11 +29,12 @@ def stack(workdir: Path, bank: FakeBank) -> Iterator[Stack]:
 
 
 @pytest.fixture(autouse=True)
-def services_restored() -> Iterator[None]:
-    """Whatever a test stopped is running again after it, as it was before."""
+def services_restored(stack: Stack) -> Iterator[None]:
+    """Whatever a test stopped is running again after it, as it was before, and takes connections."""
     services.ensure_all_up()
     yield
     services.ensure_all_up()
+    services.wait_broker_ready(str(stack.settings.CELERY_BROKER_URL))
 
 
 @pytest.fixture

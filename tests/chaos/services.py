@@ -7,6 +7,9 @@ import socket
 import subprocess
 import time
 
+import kombu
+import kombu.exceptions
+
 MARIADB_PORT = 3306
 REDIS_PORT = 6379
 RABBITMQ_PORT = 5672
@@ -79,6 +82,20 @@ def start_rabbitmq() -> None:
     subprocess.run(["rabbitmq-server", "-detached"], check=True, capture_output=True, timeout=60)
     _wait(RABBITMQ_PORT, True, "RabbitMQ")  # await_startup needs a node that already answers
     _run(["rabbitmqctl", "-q", "await_startup", "--timeout", str(int(START_TIMEOUT))])
+
+
+def wait_broker_ready(url: str, timeout: float = START_TIMEOUT) -> None:
+    """A restarted node opens its port before its vhosts take connections: wait for an AMQP handshake."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with kombu.Connection(url, connect_timeout=2) as connection:
+                connection.ensure_connection(max_retries=1)
+                return
+        except (OSError, kombu.exceptions.OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def ensure_all_up() -> None:

@@ -22,7 +22,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        # Each of the API's statements stands alone (reads, and writes of one statement each).
+        engine = create_engine(settings, autocommit=True)
         store = create_store(settings)
         celery = create_celery(settings)
         app.state.resources = Resources(
