@@ -4,15 +4,18 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from delivery import rates
 from delivery.config import Settings
@@ -198,6 +201,77 @@ def _truncations() -> list[bytes]:
 def test_truncated_body_is_rejected(body: bytes) -> None:
     with pytest.raises(RateFormatError):
         parse_daily(body)
+
+
+# --- Properties: whatever the bank sends, a rate we can use or a RateFormatError, nothing else ----------
+
+
+def parsed_or_refused(body: bytes | str) -> Rate | None:
+    """The rate, or None when refused; any other exception fails the test."""
+    try:
+        rate = parse_daily(body)
+    except RateFormatError:
+        return None
+    assert type(rate.usd_rub) is Decimal and 0 < rate.usd_rub <= rates.MAX_RATE
+    assert int(rate.usd_rub.as_tuple().exponent) >= -rates.RATE_PLACES
+    return rate
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=256) | JSON_VALUES.map(json.dumps))
+def test_any_body_is_a_rate_or_refused(body: bytes | str) -> None:
+    parsed_or_refused(body)
+
+
+def as_json_number(value: Any) -> Any:
+    """What a JSON reader makes of a Python value written as JSON: ints and finite floats are numbers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return Decimal(repr(value))
+    return value
+
+
+NUMBERS = st.decimals(allow_nan=False, allow_infinity=False) | st.integers(-(10**30), 10**30).map(Decimal)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=NUMBERS | JSON_VALUES, nominal=NUMBERS | JSON_VALUES, day=st.dates() | st.text(max_size=12))
+def test_a_usd_entry_is_its_exact_quotient_or_refused(value: Any, nominal: Any, day: Any) -> None:
+    """Whatever USD's Value, Nominal and the Date are: `Value / Nominal`, exact (8 places), or refused."""
+    document = load("daily_json.js")
+    document["Date"] = day.isoformat() + "T11:30:00+03:00" if isinstance(day, date) else day
+    usd_entry(document).update(Value=value, Nominal=nominal)
+    rate = parsed_or_refused(dump(document))
+    if rate is None:
+        return
+    value, nominal = as_json_number(value), as_json_number(nominal)
+    numbers = all(isinstance(n, Decimal) and n.is_finite() and n > 0 for n in (value, nominal))
+    assert numbers and isinstance(day, date), (value, nominal, day)
+    assert rate.date == day
+    assert rate.usd_rub == (value / nominal).quantize(Decimal("1E-8"), rounding=ROUND_HALF_UP)
+
+
+@pytest.mark.parametrize(
+    ("value", "nominal"),
+    [
+        pytest.param("1E+999999", "1E-999999", id="overflow"),
+        pytest.param("1000000.01", "1", id="above-the-bound"),
+        pytest.param("0.000000001", "1", id="rounds-to-zero"),
+        pytest.param("1E-999999", "1E+999999", id="underflow"),
+    ],
+)
+def test_a_rate_out_of_range_is_refused(value: str, nominal: str) -> None:
+    document = with_usd("daily_json.js", Value=Decimal(value), Nominal=Decimal(nominal))
+    with pytest.raises(RateFormatError, match="out of range"):
+        parse_daily(dump(document))
 
 
 def _mutations() -> dict[str, Callable[[], str | bytes]]:

@@ -25,6 +25,9 @@ USER_AGENT = (
 FETCH_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 #: Decimal places of the rate column (`packages.usd_rub_rate`, `cost_calculations.usd_rub_rate`).
 RATE_PLACES = 8
+#: A rate above this is not believed: it is no USD/RUB rate, and the costs of the largest parcels priced
+#: with it would not fit their column.
+MAX_RATE = Decimal(1_000_000)
 
 CACHE_KEY = "rate:usd_rub"
 LOCK_KEY = "rate:usd_rub:lock"
@@ -76,10 +79,15 @@ def parse_daily(body: bytes | str) -> Rate:
         day = datetime.fromisoformat(raw_date).date()
     except ValueError as exc:
         raise RateFormatError(f"bad Date: {exc}") from None
-    usd_rub = value / nominal
-    if int(usd_rub.as_tuple().exponent) < -RATE_PLACES:
-        # Only a nominal that is not a power of ten gets here: keep what the rate column can hold exactly.
-        usd_rub = usd_rub.quantize(Decimal(1).scaleb(-RATE_PLACES), rounding=ROUND_HALF_UP)
+    try:
+        usd_rub = value / nominal
+        if int(usd_rub.as_tuple().exponent) < -RATE_PLACES:
+            # Only a nominal that is not a power of ten gets here: keep what the rate column can hold exactly.
+            usd_rub = usd_rub.quantize(Decimal(1).scaleb(-RATE_PLACES), rounding=ROUND_HALF_UP)
+    except ArithmeticError:  # an exponent past what Decimal computes
+        raise RateFormatError(f"USD rate out of range: {value} / {nominal}") from None
+    if not 0 < usd_rub <= MAX_RATE:
+        raise RateFormatError(f"USD rate out of range: {usd_rub}")
     return Rate(usd_rub=usd_rub, date=day)
 
 

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import cachetools
 from sqlalchemy import Integer, Select, bindparam, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -55,25 +56,21 @@ class SessionCache:
     """
 
     def __init__(self, *, ttl: float = SESSION_CACHE_SECONDS, size: int = SESSION_CACHE_SIZE) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._entries: dict[str, tuple[int, datetime, float]] = {}
+        # Full: the least recently used entry goes first.
+        self._entries: cachetools.TTLCache[str, tuple[int, datetime]] = cachetools.TTLCache(size, ttl)
 
     def get(self, token_hash: str, now: datetime) -> int | None:
         entry = self._entries.get(token_hash)
         if entry is None:
             return None
-        session_id, expires_at, kept_until = entry
-        if now >= expires_at or time.monotonic() >= kept_until:
-            del self._entries[token_hash]
+        session_id, expires_at = entry
+        if now >= expires_at:
+            self._entries.pop(token_hash, None)
             return None
         return session_id
 
     def put(self, token_hash: str, session_id: int, expires_at: datetime) -> None:
-        if len(self._entries) >= self.size:
-            # Dicts keep insertion order: the oldest entry goes first.
-            del self._entries[next(iter(self._entries))]
-        self._entries[token_hash] = (session_id, expires_at, time.monotonic() + self.ttl)
+        self._entries[token_hash] = (session_id, expires_at)
 
 
 # Built once: building a statement costs more CPU than running it through the compiled cache.
