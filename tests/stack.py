@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import diskcache
 import httpx
+import kombu.exceptions
 import redis.asyncio as aioredis
 from alembic import command
 from alembic.config import Config
@@ -149,13 +150,22 @@ async def clear_store(settings: Settings) -> None:
     await client.aclose()
 
 
-def purge_queues(settings: Settings) -> None:
-    """Drop the jobs a test left queued (e.g. pricing runs it asked for), so they do not run in the next."""
-    celery = create_celery(settings)
-    try:
-        celery.control.purge()
-    finally:
-        celery.close()
+def purge_queues(settings: Settings, attempts: int = 5) -> None:
+    """Drop the jobs a test left queued (e.g. pricing runs it asked for), so they do not run in the next.
+
+    Tried again on a dropped connection: the first connection after a broker restart (`make chaos`) can be
+    reset while the node finishes starting."""
+    for attempt in range(1, attempts + 1):
+        celery = create_celery(settings)
+        try:
+            celery.control.purge()
+            return
+        except (OSError, kombu.exceptions.OperationalError):
+            if attempt == attempts:
+                raise
+            time.sleep(1.0)
+        finally:
+            celery.close()
 
 
 class Stack:

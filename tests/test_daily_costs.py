@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.jobs import create_package, price_pending
-from delivery.models import CostCalculation, Package
+from delivery.models import CostCalculation, Package, PackageCount
 from delivery.rates import Rate
 from delivery.service import RegistrationJob
 from tests.factories import add_session, add_unpriced_packages
@@ -298,6 +298,34 @@ async def test_overlapping_runs_on_one_day_keep_the_total(
     assert await daily(client, admin_headers, DAY1) == expected(
         DAY1, [(t, cost(w, v, RATE1.usd_rub)) for t, w, v in specs]
     )
+
+
+async def test_overlapping_runs_across_sessions_keep_every_count(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker, stack: Stack
+) -> None:
+    """Packages of many sessions interleaved: three runs update the same sessions' package counts in package
+    order; MariaDB may roll a batch back as a deadlock victim, it is claimed again, and nothing is lost."""
+    sessions = [(await add_session(maker))[0] for _ in range(6)]
+    count = 240
+    specs: list[Spec] = [(1 + i % 3, f"{1 + i % 5}.{i:03d}", f"{i}.{i % 100:02d}") for i in range(count)]
+    ids: list[int] = []
+    for i, spec in enumerate(specs):  # one at a time, so that consecutive ids belong to different sessions
+        ids += await add_unpriced_packages(maker, sessions[i % len(sessions)], [spec])
+
+    priced = await asyncio.gather(
+        *(price_pending(maker, RATE1, batch_size=4, clock=fixed(at(DAY1, 9))) for _ in range(3))
+    )
+    assert sum(priced) == count, priced
+    assert sorted(row.package_id for row in await cost_log(maker)) == ids
+    assert await daily(client, admin_headers, DAY1) == expected(
+        DAY1, [(t, cost(w, v, RATE1.usd_rub)) for t, w, v in specs]
+    )
+    async with maker() as db:
+        counts = (await db.execute(select(PackageCount))).scalars().all()
+    by_cost = Counter[bool]()
+    for row in counts:
+        by_cost[row.has_cost] += row.packages
+    assert (by_cost[True], by_cost[False]) == (count, 0), counts
 
 
 async def test_each_calculation_is_logged(maker: Maker) -> None:

@@ -612,16 +612,19 @@ async def test_totals_stay_exact_through_registration_and_pricing(
 async def test_totals_follow_packages_written_outside_the_jobs(
     client: httpx.AsyncClient, maker: Maker
 ) -> None:
-    """An operator's fix in SQL (a cost cleared, a package moved or deleted) keeps the totals exact too."""
+    """An operator's fix in SQL (a cost cleared, a package moved to another type or session, a package
+    deleted) keeps the totals exact too."""
+    other_session, other_token = await add_session(maker)
     session_id = await open_session(client)
-    first, second, third = await add_packages(
-        maker, session_id=session_id, count=3, delivery_cost_rub=Decimal("10.00")
+    first, second, third, fourth = await add_packages(
+        maker, session_id=session_id, count=4, delivery_cost_rub=Decimal("10.00")
     )
 
     async with maker() as db:
         await db.execute(update(Package).where(Package.id == first).values(delivery_cost_rub=None))
         await db.execute(update(Package).where(Package.id == second).values(type_id=3))
         await db.execute(delete(Package).where(Package.id == third))
+        await db.execute(update(Package).where(Package.id == fourth).values(session_id=other_session))
         await db.commit()
 
     assert await totals(client) == {
@@ -631,4 +634,13 @@ async def test_totals_follow_packages_written_outside_the_jobs(
         "clothes": 1,
         "clothes unpriced": 1,
         "misc priced": 1,
+    }
+    use_session(client, other_token)
+    assert await totals(client) == {
+        "all": 1,
+        "priced": 1,
+        "unpriced": 0,
+        "clothes": 1,
+        "clothes unpriced": 0,
+        "misc priced": 0,
     }

@@ -10,7 +10,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import Executable, case, false, literal, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import metrics
@@ -203,44 +203,79 @@ async def price_pending(
     priced = 0
     last_id = 0
     while True:
-        async with maker() as db:
-            if _dialect(db) == "sqlite":
-                # Take SQLite's write lock before the claim, so overlapping runs claim in turn.
-                await db.execute(text("BEGIN IMMEDIATE"))
-            claim = (
-                select(Package.id, Package.type_id, Package.weight_kg, Package.content_value_usd)
-                .where(Package.has_cost == false(), Package.id > last_id)
-                .order_by(Package.id)
-                .limit(batch_size)
-                .with_for_update(skip_locked=True)
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                batch = await _price_batch(maker, rate, after=last_id, size=batch_size, clock=clock)
+                break
+            except DBAPIError as exc:
+                # Two runs at once update the package counts of shared sessions in package order: MariaDB
+                # may roll one batch back as a deadlock victim. That batch is simply claimed again.
+                if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES:
+                    raise
+                logger.warning("pricing batch deadlocked, claiming it again attempt=%s", attempt)
+        if batch is None:
+            return priced
+        count, last_id = batch
+        priced += count
+
+
+async def _price_batch(
+    maker: async_sessionmaker[AsyncSession],
+    rate: Rate,
+    *,
+    after: int,
+    size: int,
+    clock: Callable[[], datetime],
+) -> tuple[int, int] | None:
+    """Price the next batch after package id `after`, in one transaction: (priced, last id); None if none."""
+    async with maker() as db:
+        if _dialect(db) == "sqlite":
+            # Take SQLite's write lock before the claim, so overlapping runs claim in turn.
+            await db.execute(text("BEGIN IMMEDIATE"))
+        claim = (
+            select(Package.id, Package.type_id, Package.weight_kg, Package.content_value_usd)
+            .where(Package.has_cost == false(), Package.id > after)
+            .order_by(Package.id)
+            .limit(size)
+            .with_for_update(skip_locked=True)
+        )
+        rows = (await db.execute(claim)).all()
+        if not rows:
+            return None
+        now = clock()
+        costs = {
+            row.id: (row.type_id, compute_cost(row.weight_kg, row.content_value_usd, rate.usd_rub))
+            for row in rows
+        }
+        result = await db.execute(
+            update(Package)
+            .where(Package.id.in_(costs), Package.delivery_cost_rub.is_(None))
+            .values(
+                # Each value typed as the column, so it is stored exactly as the column stores amounts.
+                delivery_cost_rub=case(
+                    {pid: literal(cost, MONEY_RUB) for pid, (_, cost) in costs.items()}, value=Package.id
+                ),
+                usd_rub_rate=rate.usd_rub,
+                rate_date=rate.date,
             )
-            rows = (await db.execute(claim)).all()
-            if not rows:
-                return priced
-            now = clock()
-            costs = {
-                row.id: (row.type_id, compute_cost(row.weight_kg, row.content_value_usd, rate.usd_rub))
-                for row in rows
-            }
-            result = await db.execute(
-                update(Package)
-                .where(Package.id.in_(costs), Package.delivery_cost_rub.is_(None))
-                .values(
-                    # Each value typed as the column, so it is stored exactly as the column stores amounts.
-                    delivery_cost_rub=case(
-                        {pid: literal(cost, MONEY_RUB) for pid, (_, cost) in costs.items()}, value=Package.id
-                    ),
-                    usd_rub_rate=rate.usd_rub,
-                    rate_date=rate.date,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            _log_costs(db, [(pid, type_id, cost) for pid, (type_id, cost) in costs.items()], rate, now)
-            await _add_daily_totals(db, now.astimezone(UTC).date(), costs.values())
-            await db.commit()
-            priced += result.rowcount  # type: ignore[attr-defined]
-            last_id = rows[-1].id
-            logger.info("priced batch count=%s last_id=%s usd_rub=%s", len(rows), last_id, rate.usd_rub)
+            .execution_options(synchronize_session=False)
+        )
+        _log_costs(db, [(pid, type_id, cost) for pid, (type_id, cost) in costs.items()], rate, now)
+        await _add_daily_totals(db, now.astimezone(UTC).date(), costs.values())
+        await db.commit()
+        last_id = rows[-1].id
+        logger.info("priced batch count=%s last_id=%s usd_rub=%s", len(rows), last_id, rate.usd_rub)
+        return result.rowcount, last_id  # type: ignore[attr-defined]
+
+
+#: MySQL/MariaDB's "Deadlock found when trying to get lock; try restarting transaction".
+ER_LOCK_DEADLOCK = 1213
+DEADLOCK_RETRIES = 5
+
+
+def _is_deadlock(exc: DBAPIError) -> bool:
+    args: tuple[object, ...] = getattr(exc.orig, "args", ())
+    return len(args) > 0 and args[0] == ER_LOCK_DEADLOCK
 
 
 def _log_costs(

@@ -235,14 +235,16 @@ async def type_ids(db: AsyncSession) -> frozenset[int]:
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7f0e-2b8a-4d59-9a43-1f4e8c2d7b90")
 
 
-def keyed_registration_id(session_id: int, idempotency_key: str) -> uuid.UUID:
-    """The registration id of a session's Idempotency-Key, the same on every retry.
+def keyed_registration_id(session_id: int, idempotency_key: str, data: PackageCreate) -> uuid.UUID:
+    """The registration id of a session's Idempotency-Key with this parcel, the same on every retry.
 
     The store remembers a key for STATUS_TTL, but may forget it sooner (a Redis restart without persistence;
     a 503 whose job reached the queue after all). A retry then publishes the same registration id again, and
-    the package's unique registration id still makes it one package.
+    the package's unique registration id still makes it one package. The parcel is part of the name: a key
+    used again, once the store forgot it, for another parcel is another registration, never the old package.
     """
-    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{session_id}:{idempotency_key}")
+    parcel = data.model_dump_json()
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{session_id}\n{idempotency_key}\n{parcel}")
 
 
 async def accept_registration(
@@ -256,7 +258,7 @@ async def accept_registration(
 ) -> uuid.UUID:
     """Store a pending status and publish the job; undo the status if the broker refuses."""
     status_id = (
-        uuid.uuid4() if idempotency_key is None else keyed_registration_id(session_id, idempotency_key)
+        uuid.uuid4() if idempotency_key is None else keyed_registration_id(session_id, idempotency_key, data)
     )
     idem_key = None
     if idempotency_key is not None:

@@ -40,6 +40,10 @@ EMBEDDED_POLLING_INTERVAL = 0.1
 EMBEDDED_PREFETCH = 8
 #: Transient failures (database, store) are retried for as long as it takes, backing off to this cap.
 MAX_BACKOFF = 60.0
+#: A pricing run that meets a transient failure is tried again this many times, sooner: the next beat run
+#: would do its work anyway.
+PRICE_RETRIES = 3
+PRICE_MAX_BACKOFF = 5.0
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -236,11 +240,18 @@ def register_package(self: Task[Any, Any], job: dict[str, Any]) -> int | None:
         raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
 
 
-@app.task(name=PRICE_TASK)
-def price_pending_packages() -> dict[str, int]:
+@app.task(name=PRICE_TASK, bind=True, max_retries=PRICE_RETRIES)
+def price_pending_packages(self: Task[Any, Any]) -> dict[str, int]:
     """Price every package whose cost is still unknown."""
     rt = runtime()
-    return {"priced": run(jobs.price_now(rt.maker, rt.rates))}
+    try:
+        return {"priced": run(jobs.price_now(rt.maker, rt.rates))}
+    except TRANSIENT as exc:
+        # The database away, or a deadlock with an overlapping run (both update the package counts of the
+        # sessions they price, in package order): the batches committed stay done, the rest is tried again.
+        metrics.JOB_RETRIES.labels(PRICE_TASK, "transient").inc()
+        logger.warning("pricing job will retry error=%r", exc)
+        raise self.retry(countdown=backoff(self.request.retries, cap=PRICE_MAX_BACKOFF), exc=exc) from None
 
 
 def recovery_grace(settings: Settings) -> float:
@@ -254,7 +265,7 @@ def recover_pending_registrations(older_than: float | None = None) -> dict[str, 
     rt = runtime()
 
     async def publish(job: jobs.RegistrationJob) -> None:
-        app.send_task(REGISTER_TASK, args=[job.to_json()], task_id=job.registration_id)
+        publish_registration(app, job)
 
     grace = recovery_grace(settings) if older_than is None else older_than
     return {"republished": run(jobs.recover_pending(rt.store, publish, older_than=grace))}

@@ -100,14 +100,17 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("session_id", "type_id", "has_cost", name=op.f("pk_package_counts")),
     )
+    # Each CREATE TRIGGER takes effect at once (MariaDB commits it; Alembic runs SQLite's DDL outside a
+    # transaction): a package written between a trigger and the count is counted by both, so the count sets
+    # (not adds) the exact figure; it locks what it reads until it commits.
     if op.get_bind().dialect.name == "sqlite":
-        # One transaction: the triggers and the count of the existing packages appear together.
         for trigger in SQLITE_TRIGGERS:
             op.execute(trigger)
-        op.execute(_COUNT_EXISTING)
+        op.execute(
+            _COUNT_EXISTING
+            + " ON CONFLICT (session_id, type_id, has_cost) DO UPDATE SET packages = excluded.packages"
+        )
     else:
-        # MariaDB commits each CREATE TRIGGER: a package written between a trigger and the count is counted
-        # by both, so the count sets (not adds) the exact figure; it locks what it reads until it commits.
         for trigger in MYSQL_TRIGGERS:
             op.execute(trigger)
         op.execute(_COUNT_EXISTING + " ON DUPLICATE KEY UPDATE packages = VALUES(packages)")
