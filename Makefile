@@ -11,7 +11,7 @@ PYTEST_WORKERS ?= 2
 run: .venv/.synced migrate
 	@rm -rf var/metrics && mkdir -p var/metrics
 	PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/var/metrics" PATH="$(CURDIR)/$(BIN):$$PATH" \
-		$(BIN)/honcho start --procfile Procfile
+		$(BIN)/honcho start --procfile Procfile --port "$${PORT:-8000}"
 
 test: lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
