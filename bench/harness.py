@@ -40,7 +40,7 @@ from bench import load, report
 from bench.procs import RssSampler, Service, cpu_cores, cpu_snapshot, free_port, service_env
 from bench.seed import COST_DAY, FULL, HEAVY_SESSION_ID, QUICK, SeedPlan, SeedResult, seed, session_token
 from delivery.rates import parse_daily
-from delivery.service import status_key
+from delivery.registration import status_key
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

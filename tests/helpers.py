@@ -139,12 +139,18 @@ async def store_keys(settings: Settings, prefix: str) -> list[str]:
         await client.aclose()
 
 
-def received_ids(log: str, task_name: str) -> set[str]:
-    """The task ids a Celery worker's log says it received."""
-    marker = f"Task {task_name}["
-    found: set[str] = set()
+def batches_taken(log: str) -> list[tuple[int, set[str]]]:
+    """The registration batches a worker's log says its pool processes took: (pid, registration ids)."""
+    taken = []
     for line in log.splitlines():
-        start = line.find(marker)
-        if start != -1 and "] received" in line:
-            found.add(line[start + len(marker) :].split("]", 1)[0])
-    return found
+        if "registration batch taken" not in line:
+            continue
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        pid = int(fields["pid"].strip('",'))
+        taken.append((pid, set(fields["registration_ids"].strip('",').split(","))))
+    return taken
+
+
+def received_ids(log: str) -> set[str]:
+    """The registration ids a worker's log says its pool processes took."""
+    return {registration_id for _, ids in batches_taken(log) for registration_id in ids}

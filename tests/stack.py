@@ -26,8 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from delivery.broker import create_celery
 from delivery.config import EMBEDDED_DIR, Settings
-from delivery.worker import create_celery
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from delivery.jobs import create_package, price_pending
 from delivery.models import CostCalculation, Package, PackageCount
 from delivery.rates import Rate
-from delivery.service import RegistrationJob
+from delivery.registration import RegistrationJob
 from tests.factories import add_session, add_unpriced_packages
 from tests.stack import Stack
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
+from delivery.broker import PRICING_QUEUE, REGISTRATION_QUEUE
 from delivery.config import Settings
-from delivery.worker import PRICING_QUEUE, REGISTRATION_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from delivery.jobs import create_package, price_pending
 from delivery.models import Package
 from delivery.rates import Rate
-from delivery.service import RegistrationJob, bind_transport_company
+from delivery.registration import RegistrationJob
+from delivery.service import bind_transport_company
 from tests.factories import add_package, add_packages, add_session, open_session, use_session
 
 Maker = async_sessionmaker[AsyncSession]

@@ -21,7 +21,7 @@ from delivery import rates
 from delivery.config import Settings
 from delivery.errors import RateUnavailable
 from delivery.rates import Rate, RateCache, RateFormatError, fetch_rate, new_http_client, parse_daily
-from delivery.store import Store, create_store
+from delivery.store import KeyValue, Store, create_store
 from tests.fakebank import FIXTURES, FakeBank, Mode
 from tests.stack import clear_store
 
@@ -492,7 +492,9 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
     await result.close()
 
 
-def new_cache(store: Store, client: httpx.AsyncClient, settings: Settings, *, ttl: int = 86400) -> RateCache:
+def new_cache(
+    store: KeyValue, client: httpx.AsyncClient, settings: Settings, *, ttl: int = 86400
+) -> RateCache:
     return RateCache(store, client, url=str(settings.CBR_DAILY_URL), ttl=ttl)
 
 
@@ -648,20 +650,8 @@ class PausingStore:
             await self.go.wait()
         return await self.inner.add(key, value, ttl=ttl)
 
-    async def replace(self, key: str, value: str) -> bool:
-        return await self.inner.replace(key, value)
-
     async def delete(self, key: str, *, if_value: str | None = None) -> None:
         await self.inner.delete(key, if_value=if_value)
-
-    async def index_add(self, index: str, member: str, score: float) -> None:
-        await self.inner.index_add(index, member, score)
-
-    async def index_remove(self, index: str, member: str) -> None:
-        await self.inner.index_remove(index, member)
-
-    async def index_below(self, index: str, score: float, limit: int) -> list[str]:
-        return await self.inner.index_below(index, score, limit)
 
     async def ping(self) -> None:
         await self.inner.ping()

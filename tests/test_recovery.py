@@ -5,11 +5,18 @@ from decimal import Decimal
 
 import httpx
 
-from delivery import jobs
+from delivery import registration
+from delivery.broker import REGISTER_TASK, create_celery, queued_registrations
+from delivery.registration import (
+    PENDING_INDEX,
+    RegistrationJob,
+    StatusRecord,
+    accept_registration,
+    status_key,
+)
 from delivery.schemas import PackageCreate
-from delivery.service import PENDING_INDEX, RegistrationJob, StatusRecord, accept_registration, status_key
 from delivery.store import create_store
-from delivery.worker import REGISTER_TASK, create_celery, recovery_grace
+from delivery.worker import recovery_grace
 from tests.factories import Maker, open_session
 from tests.helpers import packages_by_registration, wait_all_done
 from tests.stack import Stack, WorkerProcess
@@ -25,7 +32,7 @@ async def _accept_but_drop(stack: Stack, session_id: int) -> str:
         return None
 
     status_id = await accept_registration(
-        store, lose, session_id=session_id, data=BODY, idempotency_key=None, status_ttl=3600
+        store, lose, session_id=session_id, data=BODY, idempotency_key_value=None, status_ttl=3600
     )
     await store.close()
     return str(status_id)
@@ -42,13 +49,16 @@ async def test_a_lost_job_is_published_again_and_registers_once(
     async def publish(job: RegistrationJob) -> None:
         celery.send_task(REGISTER_TASK, args=[job.to_json()], task_id=job.registration_id)
 
+    async def queued() -> int:
+        return queued_registrations(celery)
+
     try:
         # Not yet overdue: nothing is sent.
-        assert await jobs.recover_pending(store, publish, older_than=3600) == 0
-        assert await jobs.recover_pending(store, publish, older_than=0) == 3
+        assert await registration.recover_pending(store, publish, queued, older_than=3600) == 0
+        assert await registration.recover_pending(store, publish, queued, older_than=0) == 3
         statuses = await wait_all_done(customer, [f"/packages/status/{sid}/" for sid in lost])
         # Done registrations leave the index: a second pass has nothing to send.
-        assert await jobs.recover_pending(store, publish, older_than=0) == 0
+        assert await registration.recover_pending(store, publish, queued, older_than=0) == 0
     finally:
         celery.close()
         await store.close()
@@ -71,8 +81,13 @@ async def test_a_published_twice_job_still_makes_one_package(
     async def publish(job: RegistrationJob) -> None:
         celery.send_task(REGISTER_TASK, args=[job.to_json()], task_id=job.registration_id)
 
+    async def queued() -> int:
+        return queued_registrations(celery)
+
     try:
-        await jobs.recover_pending(store, publish, older_than=0)  # races the first delivery, or follows it
+        await registration.recover_pending(
+            store, publish, queued, older_than=0
+        )  # races the first delivery, or follows it
     finally:
         celery.close()
         await store.close()
@@ -94,7 +109,10 @@ async def test_statuses_gone_or_done_leave_the_index(stack: Stack) -> None:
         async def publish(job: RegistrationJob) -> None:
             sent.append(job)
 
-        assert await jobs.recover_pending(store, publish, older_than=0) == 0
+        async def queued() -> int:
+            return 0
+
+        assert await registration.recover_pending(store, publish, queued, older_than=0) == 0
         assert sent == []
         assert await store.index_below(PENDING_INDEX, time.time() + 1, 10) == []
     finally:

@@ -40,3 +40,7 @@ class InvalidField(DeliveryError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class RegistrationImpossible(DeliveryError):
+    """A registration job that can never succeed (e.g. its type was deleted): its status becomes `failed`."""

@@ -1,27 +1,24 @@
-"""The worker's jobs as plain functions: the cost formula, registering a package, pricing the rest."""
+"""The worker's database writes: the cost formula, creating a batch of packages, pricing the rest."""
 
 import logging
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import Executable, case, false, literal, select, text, update
+from sqlalchemy import Executable, bindparam, case, false, insert, literal, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from delivery import metrics
 from delivery.db import utcnow
-from delivery.errors import RateUnavailable
+from delivery.errors import RegistrationImpossible
 from delivery.models import MONEY_RUB, CostCalculation, DailyCostTotal, Package, PackageType
 from delivery.rates import Rate, RateCache
-from delivery.service import PENDING_INDEX, Publisher, RegistrationJob, StatusRecord, status_key
+from delivery.registration import RegistrationJob
 
-__all__ = ["RegistrationJob", "compute_cost", "price_now", "process_registration"]
-from delivery.store import Store, replace_unindexed
+__all__ = ["compute_cost", "create_package", "create_packages", "price_now"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +26,9 @@ KOPECK = Decimal("0.01")
 WEIGHT_RATE_USD = Decimal("0.5")
 VALUE_SHARE = Decimal("0.01")
 PRICING_BATCH = 500
+#: A batch that met a concurrent insert of one of its registrations (a job delivered twice at once) is
+#: written again this many times: the second time, that registration is found and skipped.
+DUPLICATE_RETRIES = 3
 
 
 def compute_cost(weight_kg: Decimal, content_value_usd: Decimal, usd_rub: Decimal) -> Decimal:
@@ -36,54 +36,6 @@ def compute_cost(weight_kg: Decimal, content_value_usd: Decimal, usd_rub: Decima
     return ((weight_kg * WEIGHT_RATE_USD + content_value_usd * VALUE_SHARE) * usd_rub).quantize(
         KOPECK, rounding=ROUND_HALF_UP
     )
-
-
-class RegistrationImpossible(Exception):
-    """The job can never succeed (e.g. its type was deleted): the status becomes `failed`."""
-
-
-class RetryLater(Exception):
-    """The bank did not answer and the job's retry window is still open."""
-
-    def __init__(self, remaining: float) -> None:
-        super().__init__(f"rate unavailable, {remaining:.1f}s of the retry window left")
-        self.remaining = remaining
-
-
-async def process_registration(
-    maker: async_sessionmaker[AsyncSession],
-    store: Store,
-    rates: RateCache,
-    job: RegistrationJob,
-    *,
-    retry_window: float,
-) -> int | None:
-    """The registration job: the rate (retried until the window closes), the package, the status."""
-    rate: Rate | None
-    try:
-        rate = await rates.get()
-    except RateUnavailable as exc:
-        remaining = job.accepted_at + retry_window - time.time()
-        if remaining > 0:
-            raise RetryLater(remaining) from exc
-        logger.warning("registering without a cost registration_id=%s reason=%s", job.registration_id, exc)
-        rate = None
-    try:
-        package_id = await create_package(maker, job, rate)
-    except RegistrationImpossible as exc:
-        logger.error("registration failed registration_id=%s reason=%s", job.registration_id, exc)
-        await record_outcome(store, job, error=str(exc))
-        metrics.REGISTRATIONS_DONE.labels("failed").inc()
-        return None
-    await record_outcome(store, job, package_id=package_id)
-    metrics.REGISTRATIONS_DONE.labels("registered" if rate else "registered_without_cost").inc()
-    logger.info(
-        "package registered registration_id=%s package_id=%s cost_known=%s",
-        job.registration_id,
-        package_id,
-        rate is not None,
-    )
-    return package_id
 
 
 async def price_now(maker: async_sessionmaker[AsyncSession], rates: RateCache) -> int:
@@ -97,6 +49,90 @@ async def price_now(maker: async_sessionmaker[AsyncSession], rates: RateCache) -
     return priced
 
 
+_PACKAGE_IDS = select(Package.registration_id, Package.id).where(
+    Package.registration_id.in_(bindparam("registration_ids", expanding=True))
+)
+
+
+async def create_packages(
+    maker: async_sessionmaker[AsyncSession],
+    batch: Sequence[RegistrationJob],
+    rate: Rate | None,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> dict[str, int]:
+    """Create each job's package once, all in one transaction: registration id -> package id.
+
+    With a rate, each package's cost, its cost log row and the day's totals commit with it. A registration
+    whose package exists already (a job run twice) is skipped, the rest of the batch written.
+    """
+    registration_ids = list({uuid.UUID(job.registration_id) for job in batch})
+    for attempt in range(1, DUPLICATE_RETRIES + 1):
+        try:
+            return await _insert_packages(maker, batch, registration_ids, rate, clock())
+        except IntegrityError:
+            if len(registration_ids) == 1:
+                return await _existing_package(maker, batch[0])
+            if attempt == DUPLICATE_RETRIES:
+                raise
+            logger.info("registration batch met a duplicate, writing it again attempt=%s", attempt)
+    raise AssertionError("unreachable")
+
+
+async def _insert_packages(
+    maker: async_sessionmaker[AsyncSession],
+    batch: Sequence[RegistrationJob],
+    registration_ids: list[uuid.UUID],
+    rate: Rate | None,
+    now: datetime,
+) -> dict[str, int]:
+    async with maker() as db, db.begin():
+        ids = dict((await db.execute(_PACKAGE_IDS, {"registration_ids": registration_ids})).tuples().all())
+        new: dict[uuid.UUID, RegistrationJob] = {}
+        for job in batch:
+            registration_id = uuid.UUID(job.registration_id)
+            if registration_id not in ids:
+                new.setdefault(registration_id, job)
+        if new:
+            if ids:
+                logger.info("packages already created, skipped count=%s", len(ids))
+            # In session and type order: the triggers that keep the counts lock their rows in one order.
+            jobs = sorted(new.values(), key=lambda job: (job.session_id, job.type_id))
+            costs = [None if rate is None else compute_cost(j.weight, j.value, rate.usd_rub) for j in jobs]
+            await db.execute(
+                insert(Package),
+                [_package_row(j, cost, rate, now) for j, cost in zip(jobs, costs, strict=True)],
+            )
+            created = dict((await db.execute(_PACKAGE_IDS, {"registration_ids": list(new)})).tuples().all())
+            ids |= created
+            if rate is not None:
+                priced = [
+                    (created[uuid.UUID(j.registration_id)], j.type_id, cost)
+                    for j, cost in zip(jobs, costs, strict=True)
+                    if cost is not None
+                ]
+                await _log_costs(db, priced, rate, now)
+                await _add_daily_totals(db, now.astimezone(UTC).date(), [(t, c) for _, t, c in priced])
+    return {str(registration_id): package_id for registration_id, package_id in ids.items()}
+
+
+def _package_row(
+    job: RegistrationJob, cost: Decimal | None, rate: Rate | None, now: datetime
+) -> dict[str, object]:
+    return {
+        "registration_id": uuid.UUID(job.registration_id),
+        "session_id": job.session_id,
+        "type_id": job.type_id,
+        "name": job.name,
+        "weight_kg": job.weight,
+        "content_value_usd": job.value,
+        "delivery_cost_rub": cost,
+        "usd_rub_rate": None if rate is None else rate.usd_rub,
+        "rate_date": None if rate is None else rate.date,
+        "created_at": now,
+    }
+
+
 async def create_package(
     maker: async_sessionmaker[AsyncSession],
     job: RegistrationJob,
@@ -104,88 +140,24 @@ async def create_package(
     *,
     clock: Callable[[], datetime] = utcnow,
 ) -> int:
-    """Create the job's package once: the unique registration id turns a second run into a no-op."""
-    registration_id = uuid.UUID(job.registration_id)
-    now = clock()
+    """One job's package (a batch of one)."""
+    return (await create_packages(maker, [job], rate, clock=clock))[job.registration_id]
+
+
+async def _existing_package(maker: async_sessionmaker[AsyncSession], job: RegistrationJob) -> dict[str, int]:
+    """After a refused insert of one package: it exists (made meanwhile), or it never can be."""
     async with maker() as db:
-        package = Package(
-            registration_id=registration_id,
-            session_id=job.session_id,
-            type_id=job.type_id,
-            name=job.name,
-            weight_kg=job.weight,
-            content_value_usd=job.value,
-            created_at=now,
+        package_id = await db.scalar(
+            select(Package.id).where(Package.registration_id == uuid.UUID(job.registration_id))
         )
-        if rate is not None:
-            package.delivery_cost_rub = compute_cost(job.weight, job.value, rate.usd_rub)
-            package.usd_rub_rate = rate.usd_rub
-            package.rate_date = rate.date
-        db.add(package)
-        try:
-            await db.flush()
-            if package.delivery_cost_rub is not None:
-                _log_costs(db, [(package.id, package.type_id, package.delivery_cost_rub)], rate, now)
-                await _add_daily_totals(
-                    db, now.astimezone(UTC).date(), [(package.type_id, package.delivery_cost_rub)]
-                )
-            await db.commit()
-            return package.id
-        except IntegrityError:
-            await db.rollback()
-    return await _existing_package(maker, registration_id, job.type_id)
-
-
-async def _existing_package(
-    maker: async_sessionmaker[AsyncSession], registration_id: uuid.UUID, type_id: int
-) -> int:
-    async with maker() as db:
-        package_id = await db.scalar(select(Package.id).where(Package.registration_id == registration_id))
         if package_id is not None:
             logger.info(
-                "package already created registration_id=%s package_id=%s", registration_id, package_id
+                "package already created registration_id=%s package_id=%s", job.registration_id, package_id
             )
-            return package_id
-        if await db.get(PackageType, type_id) is None:
-            raise RegistrationImpossible(f"type {type_id} no longer exists")
+            return {job.registration_id: package_id}
+        if await db.get(PackageType, job.type_id) is None:
+            raise RegistrationImpossible(f"type {job.type_id} no longer exists")
         raise RegistrationImpossible("the package could not be stored")
-
-
-async def record_outcome(
-    store: Store, job: RegistrationJob, *, package_id: int | None = None, error: str | None = None
-) -> None:
-    record = StatusRecord(
-        job.session_id,
-        "failed" if error is not None else "registered",
-        package_id=package_id,
-        error_message=error,
-    )
-    key = status_key(job.registration_id)
-    if not await replace_unindexed(
-        store, key, record.dumps(), index=PENDING_INDEX, member=job.registration_id
-    ):
-        logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
-
-
-async def recover_pending(store: Store, publish: Publisher, *, older_than: float, limit: int = 1000) -> int:
-    """Publish again the jobs of registrations still pending `older_than` seconds after their last publish.
-
-    A job can be lost on its way: a worker killed while holding it on a broker that does not redeliver (the
-    embedded one), a queue lost with its broker. Its status still holds the job, so it is sent again; a job
-    that was only slow runs twice, harmlessly, since the package is created once per registration id.
-    """
-    republished = 0
-    for registration_id in await store.index_below(PENDING_INDEX, time.time() - older_than, limit):
-        raw = await store.get(status_key(registration_id))
-        record = None if raw is None else StatusRecord.loads(raw)
-        if record is None or record.state != "pending" or record.job is None:
-            await store.index_remove(PENDING_INDEX, registration_id)
-            continue
-        await publish(RegistrationJob.from_json(record.job))
-        await store.index_add(PENDING_INDEX, registration_id, time.time())
-        republished += 1
-        logger.warning("registration job published again registration_id=%s", registration_id)
-    return republished
 
 
 async def price_pending(
@@ -260,7 +232,7 @@ async def _price_batch(
             )
             .execution_options(synchronize_session=False)
         )
-        _log_costs(db, [(pid, type_id, cost) for pid, (type_id, cost) in costs.items()], rate, now)
+        await _log_costs(db, [(pid, type_id, cost) for pid, (type_id, cost) in costs.items()], rate, now)
         await _add_daily_totals(db, now.astimezone(UTC).date(), costs.values())
         await db.commit()
         last_id = rows[-1].id
@@ -278,20 +250,25 @@ def _is_deadlock(exc: DBAPIError) -> bool:
     return len(args) > 0 and args[0] == ER_LOCK_DEADLOCK
 
 
-def _log_costs(
-    db: AsyncSession, priced: Iterable[tuple[int, int, Decimal]], rate: Rate | None, at: datetime
+async def _log_costs(
+    db: AsyncSession, priced: Sequence[tuple[int, int, Decimal]], rate: Rate, at: datetime
 ) -> None:
-    assert rate is not None
-    db.add_all(
-        CostCalculation(
-            package_id=package_id,
-            type_id=type_id,
-            delivery_cost_rub=cost,
-            usd_rub_rate=rate.usd_rub,
-            rate_date=rate.date,
-            calculated_at=at,
-        )
-        for package_id, type_id, cost in priced
+    """The cost log's rows, in one multi-row INSERT."""
+    if not priced:
+        return
+    await db.execute(
+        insert(CostCalculation),
+        [
+            {
+                "package_id": package_id,
+                "type_id": type_id,
+                "delivery_cost_rub": cost,
+                "usd_rub_rate": rate.usd_rub,
+                "rate_date": rate.date,
+                "calculated_at": at,
+            }
+            for package_id, type_id, cost in priced
+        ],
     )
 
 

@@ -14,7 +14,7 @@ import httpx
 
 from delivery import metrics
 from delivery.errors import RateUnavailable
-from delivery.store import Store
+from delivery.store import KeyValue
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class RateCache:
     """The rate for `ttl` seconds from its fetch. Concurrent callers on a cold cache share one fetch:
     the caller that takes the lock asks the bank, the others wait for its result."""
 
-    def __init__(self, store: Store, client: httpx.AsyncClient, *, url: str, ttl: int) -> None:
+    def __init__(self, store: KeyValue, client: httpx.AsyncClient, *, url: str, ttl: int) -> None:
         self._store = store
         self._client = client
         self._url = url

@@ -1,14 +1,12 @@
-"""The API's service functions: sessions, the read side, and accepting registrations."""
+"""The API's service functions: sessions, the read side, and the operators' actions.
+
+Accepting a registration and reading its status live in `delivery.registration`."""
 
 import functools
 import hashlib
-import json
 import logging
 import secrets
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,12 +16,10 @@ from sqlalchemy import Integer, Select, bindparam, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
-from delivery import metrics
 from delivery.db import utcnow
-from delivery.errors import NotFound, ServiceUnavailable, TransportCompanyConflict
+from delivery.errors import NotFound, TransportCompanyConflict
 from delivery.models import ClientSession, DailyCostTotal, Package, PackageCount, PackageType
-from delivery.schemas import MAX_BIGINT, PackageCreate, RegistrationState
-from delivery.store import Store, delete_unindexed, set_indexed
+from delivery.schemas import MAX_BIGINT
 
 logger = logging.getLogger(__name__)
 
@@ -168,155 +164,8 @@ async def get_package(db: AsyncSession, session_id: int | None, package_id: int)
     return package
 
 
-# --- registration: the status record, the job, and accepting a registration ---
-
-
-@dataclass(frozen=True, slots=True)
-class StatusRecord:
-    session_id: int
-    state: RegistrationState
-    package_id: int | None = None
-    error_message: str | None = None
-    #: While pending, the job itself, so a job lost on its way can be published again.
-    job: dict[str, Any] | None = None
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def loads(cls, raw: str) -> "StatusRecord":
-        return cls(**json.loads(raw))
-
-
-def status_key(status_id: uuid.UUID | str) -> str:
-    return f"status:{status_id}"
-
-
-#: The registrations still pending, scored by when they were last published.
-PENDING_INDEX = "registrations:pending"
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationJob:
-    """What the registration job carries through the broker: plain JSON, money as strings."""
-
-    registration_id: str
-    session_id: int
-    name: str
-    weight_kg: str
-    type_id: int
-    content_value_usd: str
-    accepted_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "RegistrationJob":
-        return cls(**data)
-
-    @property
-    def weight(self) -> Decimal:
-        return Decimal(self.weight_kg)
-
-    @property
-    def value(self) -> Decimal:
-        return Decimal(self.content_value_usd)
-
-
-Publisher = Callable[[RegistrationJob], Awaitable[None]]
-
-
 async def type_ids(db: AsyncSession) -> frozenset[int]:
     return frozenset((await db.scalars(select(PackageType.id))).all())
-
-
-#: The namespace of registration ids derived from an Idempotency-Key (a fixed, random UUID).
-IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7f0e-2b8a-4d59-9a43-1f4e8c2d7b90")
-
-
-def keyed_registration_id(session_id: int, idempotency_key: str, data: PackageCreate) -> uuid.UUID:
-    """The registration id of a session's Idempotency-Key with this parcel, the same on every retry.
-
-    The store remembers a key for STATUS_TTL, but may forget it sooner (a Redis restart without persistence;
-    a 503 whose job reached the queue after all). A retry then publishes the same registration id again, and
-    the package's unique registration id still makes it one package. The parcel is part of the name: a key
-    used again, once the store forgot it, for another parcel is another registration, never the old package.
-    """
-    parcel = data.model_dump_json()
-    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{session_id}\n{idempotency_key}\n{parcel}")
-
-
-async def accept_registration(
-    store: Store,
-    publish: Publisher,
-    *,
-    session_id: int,
-    data: PackageCreate,
-    idempotency_key: str | None,
-    status_ttl: int,
-) -> uuid.UUID:
-    """Store a pending status and publish the job; undo the status if the broker refuses."""
-    status_id = (
-        uuid.uuid4() if idempotency_key is None else keyed_registration_id(session_id, idempotency_key, data)
-    )
-    idem_key = None
-    if idempotency_key is not None:
-        idem_key = f"idem:{session_id}:{hash_token(idempotency_key)}"
-        if not await store.add(idem_key, str(status_id), ttl=status_ttl):
-            existing = await store.get(idem_key)
-            if existing is not None:
-                return uuid.UUID(existing)
-            await store.set(idem_key, str(status_id), ttl=status_ttl)
-    job = RegistrationJob(
-        registration_id=str(status_id),
-        session_id=session_id,
-        name=data.name,
-        weight_kg=str(data.weight_kg),
-        type_id=data.type_id,
-        content_value_usd=str(data.content_value_usd),
-        accepted_at=time.time(),
-    )
-    pending = StatusRecord(session_id, "pending", job=job.to_json())
-    await set_indexed(
-        store,
-        status_key(status_id),
-        pending.dumps(),
-        ttl=status_ttl,
-        index=PENDING_INDEX,
-        member=str(status_id),
-        score=job.accepted_at,
-    )
-    try:
-        await publish(job)
-    except Exception as exc:
-        logger.warning("registration not published status_id=%s error=%r", status_id, exc)
-        await delete_unindexed(store, status_key(status_id), index=PENDING_INDEX, member=str(status_id))
-        if idem_key is not None:
-            await store.delete(idem_key, if_value=str(status_id))
-        raise ServiceUnavailable("broker") from exc
-    metrics.REGISTRATIONS_ACCEPTED.inc()
-    logger.info("registration accepted status_id=%s session_id=%s", status_id, session_id)
-    return status_id
-
-
-async def get_status(store: Store, db: AsyncSession, session_id: int, status_id: uuid.UUID) -> StatusRecord:
-    """The status record; if the store no longer has it, the package made for it, if there is one.
-
-    The store is the fast path and the only record of pending and failed registrations; the package's
-    unique registration id is the lasting record of a registered one (the store may lose its keys).
-    """
-    raw = await store.get(status_key(status_id))
-    record = None if raw is None else StatusRecord.loads(raw)
-    if record is None:
-        package_id = await db.scalar(
-            select(Package.id).where(Package.registration_id == status_id, Package.session_id == session_id)
-        )
-        if package_id is not None:
-            return StatusRecord(session_id, "registered", package_id=package_id)
-    if record is None or record.session_id != session_id:
-        raise NotFound("registration status")
-    return record
 
 
 # --- operators ---

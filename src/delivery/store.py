@@ -6,10 +6,10 @@ which several processes on one machine share safely. Both offer the same few ato
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import diskcache
 import redis.asyncio as aioredis
@@ -18,8 +18,12 @@ import redis.exceptions
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.errors import ServiceUnavailable
 
+T = TypeVar("T")
 
-class Store(Protocol):
+
+class KeyValue(Protocol):
+    """What a cache needs of the store (the rate cache, its lock and failure memory)."""
+
     async def get(self, key: str) -> str | None: ...
 
     async def set(self, key: str, value: str, *, ttl: float) -> None: ...
@@ -28,22 +32,53 @@ class Store(Protocol):
         """Set `key` only if it does not exist; True when this call set it."""
         ...
 
-    async def replace(self, key: str, value: str) -> bool:
-        """Overwrite an existing key, keeping its expiry; False when it is gone."""
-        ...
-
     async def delete(self, key: str, *, if_value: str | None = None) -> None:
         """Delete `key`; with `if_value`, only while it still holds that value."""
         ...
 
+
+class Store(KeyValue, Protocol):
+    """The key-value store with the registrations' compound writes, each one round trip on Redis."""
+
     async def index_add(self, index: str, member: str, score: float) -> None:
         """Put `member` in the sorted `index` with `score` (or move it there)."""
+        ...
+
+    async def index_touch(self, index: str, members: Sequence[str], score: float) -> None:
+        """Move those of `members` still in `index` to `score`; the others stay out."""
         ...
 
     async def index_remove(self, index: str, member: str) -> None: ...
 
     async def index_below(self, index: str, score: float, limit: int) -> list[str]:
         """Up to `limit` members of `index` whose score is below `score`, lowest first."""
+        ...
+
+    async def put_pending(
+        self,
+        key: str,
+        value: str,
+        *,
+        ttl: float,
+        index: str,
+        member: str,
+        score: float,
+        claim: str | None = None,
+    ) -> tuple[str, str] | None:
+        """Set `key` and put `member` in `index`, at once. With `claim` (a key naming the registration,
+        e.g. an Idempotency-Key's), first look it up: if it names a member whose key still exists, change
+        nothing and answer (that member, its key's value); else claim it for `member` and go on."""
+        ...
+
+    async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
+        """Undo `put_pending`: delete `key`, take `member` out of `index`, release `claim` if still ours."""
+        ...
+
+    async def finish_pending(
+        self, records: Sequence[tuple[str, str]], *, index: str, members: Sequence[str]
+    ) -> list[bool]:
+        """Overwrite each existing key with its value (keeping its expiry) and take `members` out of
+        `index`, at once; for each record, whether its key still existed."""
         ...
 
     async def ping(self) -> None: ...
@@ -53,6 +88,29 @@ class Store(Protocol):
 
 _DELETE_IF_VALUE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: key, index[, claim]; ARGV: value, ttl ms, member, score. The claim holds the key it names.
+_PUT_PENDING = """
+if KEYS[3] then
+  local held = redis.call('GET', KEYS[3])
+  if held then
+    local value = redis.call('GET', held)
+    if value then return {held, value} end
+  end
+  redis.call('SET', KEYS[3], KEYS[1], 'PX', ARGV[2])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+return false
+"""
+
+# KEYS: key, index[, claim]; ARGV: member.
+_DROP_PENDING = """
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if KEYS[3] and redis.call('GET', KEYS[3]) == KEYS[1] then redis.call('DEL', KEYS[3]) end
 return 0
 """
 
@@ -67,6 +125,8 @@ class RedisStore:
             health_check_interval=30,
         )
         self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
+        self._put_pending = self._redis.register_script(_PUT_PENDING)
+        self._drop_pending = self._redis.register_script(_DROP_PENDING)
 
     async def get(self, key: str) -> str | None:
         async with _unavailable_on_error():
@@ -81,10 +141,6 @@ class RedisStore:
         async with _unavailable_on_error():
             return bool(await self._redis.set(key, value, px=_ms(ttl), nx=True))
 
-    async def replace(self, key: str, value: str) -> bool:
-        async with _unavailable_on_error():
-            return bool(await self._redis.set(key, value, xx=True, keepttl=True))
-
     async def delete(self, key: str, *, if_value: str | None = None) -> None:
         async with _unavailable_on_error():
             if if_value is None:
@@ -96,6 +152,12 @@ class RedisStore:
         async with _unavailable_on_error():
             await self._redis.zadd(index, {member: score})
 
+    async def index_touch(self, index: str, members: Sequence[str], score: float) -> None:
+        if not members:
+            return
+        async with _unavailable_on_error():
+            await self._redis.zadd(index, dict.fromkeys(members, score), xx=True)
+
     async def index_remove(self, index: str, member: str) -> None:
         async with _unavailable_on_error():
             await self._redis.zrem(index, member)
@@ -105,26 +167,37 @@ class RedisStore:
             members = await self._redis.zrangebyscore(index, "-inf", f"({score}", start=0, num=limit)
             return [str(member) for member in members]
 
-    async def set_indexed(
-        self, key: str, value: str, *, ttl: float, index: str, member: str, score: float
-    ) -> None:
-        async with _unavailable_on_error(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, value, px=_ms(ttl))
-            pipe.zadd(index, {member: score})
-            await pipe.execute()
+    async def put_pending(
+        self,
+        key: str,
+        value: str,
+        *,
+        ttl: float,
+        index: str,
+        member: str,
+        score: float,
+        claim: str | None = None,
+    ) -> tuple[str, str] | None:
+        keys = [key, index] if claim is None else [key, index, claim]
+        async with _unavailable_on_error():
+            held = await self._put_pending(keys=keys, args=[value, _ms(ttl), member, score])
+        return None if not held else (str(held[0]), str(held[1]))
 
-    async def replace_unindexed(self, key: str, value: str, *, index: str, member: str) -> bool:
-        async with _unavailable_on_error(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, value, xx=True, keepttl=True)
-            pipe.zrem(index, member)
-            replaced, _ = await pipe.execute()
-            return bool(replaced)
+    async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
+        keys = [key, index] if claim is None else [key, index, claim]
+        async with _unavailable_on_error():
+            await self._drop_pending(keys=keys, args=[member])
 
-    async def delete_unindexed(self, key: str, *, index: str, member: str) -> None:
+    async def finish_pending(
+        self, records: Sequence[tuple[str, str]], *, index: str, members: Sequence[str]
+    ) -> list[bool]:
         async with _unavailable_on_error(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.zrem(index, member)
-            await pipe.execute()
+            for key, value in records:
+                pipe.set(key, value, xx=True, keepttl=True)
+            if members:
+                pipe.zrem(index, *members)
+            results = await pipe.execute()
+            return [bool(done) for done in results[: len(records)]]
 
     async def ping(self) -> None:
         async with _unavailable_on_error():
@@ -135,51 +208,57 @@ class RedisStore:
 
 
 class EmbeddedStore:
-    """diskcache runs each operation in an SQLite transaction, so `add` and `replace` are atomic."""
+    """diskcache runs each operation in an SQLite transaction; the compound ones run in one `transact`.
+
+    An index is kept as one key per member, `<index>\0<member>` -> score: a dev-sized index, read by
+    scanning the keys. A lock held too long by another process (diskcache's Timeout) is the store being
+    unavailable, as a Redis timeout is.
+    """
 
     def __init__(self, directory: Path) -> None:
         self._cache = diskcache.Cache(str(directory), timeout=30)
 
+    async def _run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(func, *args, **kwargs)
+        except diskcache.Timeout as exc:
+            raise ServiceUnavailable("store") from exc
+
     async def get(self, key: str) -> str | None:
-        value = await asyncio.to_thread(self._cache.get, key)
+        value = await self._run(self._cache.get, key)
         return None if value is None else str(value)
 
     async def set(self, key: str, value: str, *, ttl: float) -> None:
-        await asyncio.to_thread(self._cache.set, key, value, expire=ttl)
+        await self._run(self._cache.set, key, value, expire=ttl)
 
     async def add(self, key: str, value: str, *, ttl: float) -> bool:
-        return bool(await asyncio.to_thread(self._cache.add, key, value, expire=ttl))
-
-    async def replace(self, key: str, value: str) -> bool:
-        return await asyncio.to_thread(self._replace, key, value)
-
-    def _replace(self, key: str, value: str) -> bool:
-        with self._cache.transact():
-            old, expire_time = self._cache.get(key, expire_time=True)
-            if old is None:
-                return False
-            ttl = None if expire_time is None else max(float(expire_time) - time.time(), 0.001)
-            return bool(self._cache.set(key, value, expire=ttl))
+        return bool(await self._run(self._cache.add, key, value, expire=ttl))
 
     async def delete(self, key: str, *, if_value: str | None = None) -> None:
-        await asyncio.to_thread(self._delete, key, if_value)
+        await self._run(self._delete, key, if_value)
 
     def _delete(self, key: str, if_value: str | None) -> None:
         with self._cache.transact():
             if if_value is None or self._cache.get(key) == if_value:
                 self._cache.delete(key)
 
-    # The embedded store keeps an index as one key per member, `<index>\0<member>` -> score: a dev-sized
-    # index, read by scanning the keys.
-
     async def index_add(self, index: str, member: str, score: float) -> None:
-        await asyncio.to_thread(self._cache.set, f"{index}\0{member}", score)
+        await self._run(self._cache.set, f"{index}\0{member}", score)
+
+    async def index_touch(self, index: str, members: Sequence[str], score: float) -> None:
+        await self._run(self._index_touch, index, members, score)
+
+    def _index_touch(self, index: str, members: Sequence[str], score: float) -> None:
+        with self._cache.transact():
+            for member in members:
+                if f"{index}\0{member}" in self._cache:
+                    self._cache.set(f"{index}\0{member}", score)
 
     async def index_remove(self, index: str, member: str) -> None:
-        await asyncio.to_thread(self._cache.delete, f"{index}\0{member}")
+        await self._run(self._cache.delete, f"{index}\0{member}")
 
     async def index_below(self, index: str, score: float, limit: int) -> list[str]:
-        return await asyncio.to_thread(self._index_below, index, score, limit)
+        return await self._run(self._index_below, index, score, limit)
 
     def _index_below(self, index: str, score: float, limit: int) -> list[str]:
         prefix = f"{index}\0"
@@ -191,45 +270,68 @@ class EmbeddedStore:
                     found.append((member_score, key.removeprefix(prefix)))
         return [member for _, member in sorted(found)[:limit]]
 
+    async def put_pending(
+        self,
+        key: str,
+        value: str,
+        *,
+        ttl: float,
+        index: str,
+        member: str,
+        score: float,
+        claim: str | None = None,
+    ) -> tuple[str, str] | None:
+        return await self._run(self._put_pending, key, value, ttl, index, member, score, claim)
+
+    def _put_pending(
+        self, key: str, value: str, ttl: float, index: str, member: str, score: float, claim: str | None
+    ) -> tuple[str, str] | None:
+        with self._cache.transact():
+            if claim is not None:
+                held = self._cache.get(claim)
+                if held is not None and (held_value := self._cache.get(held)) is not None:
+                    return str(held), str(held_value)
+                self._cache.set(claim, key, expire=ttl)
+            self._cache.set(key, value, expire=ttl)
+            self._cache.set(f"{index}\0{member}", score)
+            return None
+
+    async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
+        await self._run(self._drop_pending, key, index, member, claim)
+
+    def _drop_pending(self, key: str, index: str, member: str, claim: str | None) -> None:
+        with self._cache.transact():
+            self._cache.delete(key)
+            self._cache.delete(f"{index}\0{member}")
+            if claim is not None and self._cache.get(claim) == key:
+                self._cache.delete(claim)
+
+    async def finish_pending(
+        self, records: Sequence[tuple[str, str]], *, index: str, members: Sequence[str]
+    ) -> list[bool]:
+        return await self._run(self._finish_pending, records, index, members)
+
+    def _finish_pending(
+        self, records: Sequence[tuple[str, str]], index: str, members: Sequence[str]
+    ) -> list[bool]:
+        done = []
+        with self._cache.transact():
+            for key, value in records:
+                old, expire_time = self._cache.get(key, expire_time=True)
+                if old is None:
+                    done.append(False)
+                    continue
+                ttl = None if expire_time is None else max(float(expire_time) - time.time(), 0.001)
+                done.append(bool(self._cache.set(key, value, expire=ttl)))
+            for member in members:
+                self._cache.delete(f"{index}\0{member}")
+        return done
+
     async def ping(self) -> None:
-        await asyncio.to_thread(self._cache.get, "ping")
+        await self._run(self._cache.get, "ping")
 
     async def close(self) -> None:
         self._cache.close()
-
-
-# A key and its member of an index, written together: one round trip and one transaction on Redis (MULTI),
-# the protocol's two calls on any other store (the embedded one is dev-sized; a wrapper keeps its protocol).
-
-
-async def set_indexed(
-    store: Store, key: str, value: str, *, ttl: float, index: str, member: str, score: float
-) -> None:
-    """Set `key` and put `member` in `index` with `score`."""
-    if isinstance(store, RedisStore):
-        await store.set_indexed(key, value, ttl=ttl, index=index, member=member, score=score)
-    else:
-        await store.set(key, value, ttl=ttl)
-        await store.index_add(index, member, score)
-
-
-async def replace_unindexed(store: Store, key: str, value: str, *, index: str, member: str) -> bool:
-    """Overwrite an existing `key` (keeping its expiry) and take `member` out of `index`; False when `key`
-    was gone."""
-    if isinstance(store, RedisStore):
-        return await store.replace_unindexed(key, value, index=index, member=member)
-    replaced = await store.replace(key, value)
-    await store.index_remove(index, member)
-    return replaced
-
-
-async def delete_unindexed(store: Store, key: str, *, index: str, member: str) -> None:
-    """Delete `key` and take `member` out of `index`."""
-    if isinstance(store, RedisStore):
-        await store.delete_unindexed(key, index=index, member=member)
-    else:
-        await store.delete(key)
-        await store.index_remove(index, member)
 
 
 def create_store(settings: Settings) -> Store:
@@ -248,3 +350,8 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise ServiceUnavailable("redis") from exc
+    except redis.exceptions.ResponseError as exc:
+        # A replica that cannot take writes, or a server out of memory: the store cannot serve now.
+        if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("OOM"):
+            raise ServiceUnavailable("redis") from exc
+        raise

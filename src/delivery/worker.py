@@ -1,141 +1,74 @@
-"""The Celery app: its configuration, queues, beat schedule and the task wrappers.
+"""The worker's entry point: the Celery app, its tasks, and one event loop per worker process.
 
-The logic lives in `delivery.jobs`; a task here only runs it on the worker process's one event loop.
+The logic lives in `delivery.registration` and `delivery.jobs`; a task runs it on its process's loop.
 Start a worker with `celery -A delivery.worker worker`, the scheduler with `celery -A delivery.worker beat`.
+Pools: prefork (the default) and solo. A thread pool would share one event loop between threads, and
+gevent/eventlet would not run it at all: the worker refuses them at start.
 """
 
 import asyncio
 import logging
 import os
-import random
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-import sqlalchemy.exc
-from celery import Celery, Task
+from celery import Task, bootsteps
+from celery.exceptions import ImproperlyConfigured
 from celery.signals import setup_logging, task_prerun, worker_process_shutdown
-from kombu import Exchange, Queue
-from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from celery.worker.request import Request
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from delivery import jobs, logs, metrics
-from delivery.config import EMBEDDED_DIR, Settings, get_settings
+from delivery import jobs, logs, metrics, registration
+from delivery.broker import (
+    BATCH_INTERVAL,
+    BATCH_SIZE,
+    PRICE_TASK,
+    RECOVER_TASK,
+    REGISTER_TASK,
+    create_celery,
+    publish_registration,
+    queued_registrations,
+)
+from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
-from delivery.errors import ServiceUnavailable
 from delivery.rates import RateCache, new_http_client
+from delivery.registration import TRANSIENT, RegistrationJob, backoff
 from delivery.store import Store, create_store
 
 logger = logging.getLogger(__name__)
 
-REGISTER_TASK = "packages.register"
-PRICE_TASK = "packages.price_pending"
-RECOVER_TASK = "packages.recover_pending"
-#: How often, and after how long without an outcome, pending registrations are published again.
-RECOVERY_INTERVAL = 60.0
-REGISTRATION_QUEUE = "registrations"
-PRICING_QUEUE = "pricing"
-EMBEDDED_POLLING_INTERVAL = 0.1
-EMBEDDED_PREFETCH = 8
-#: Transient failures (database, store) are retried for as long as it takes, backing off to this cap.
-MAX_BACKOFF = 60.0
 #: A pricing run that meets a transient failure is tried again this many times, sooner: the next beat run
 #: would do its work anyway.
 PRICE_RETRIES = 3
 PRICE_MAX_BACKOFF = 5.0
-
-
-def create_celery(settings: Settings) -> Celery:
-    """A Celery app for `settings`: the real broker and Redis when their URLs are set, else embedded."""
-    app = Celery("delivery")
-    app.conf.update(
-        broker_url=_broker_url(settings),
-        broker_transport_options=_broker_options(settings),
-        broker_connection_timeout=3,
-        broker_connection_retry_on_startup=True,
-        result_backend=_result_backend(settings),
-        result_expires=86400,
-        # A result that cannot be written (Redis restarting) is written again, backing off up to 10 s,
-        # rather than failing the job: a job that fails outside its body is acknowledged, and lost.
-        result_backend_always_retry=True,
-        result_backend_max_retries=20,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # RabbitMQ pushes messages; the embedded broker is polled, so its workers take a few at a time.
-        worker_prefetch_multiplier=1 if settings.CELERY_BROKER_URL else EMBEDDED_PREFETCH,
-        task_track_started=True,
-        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (REGISTRATION_QUEUE, PRICING_QUEUE)],
-        task_default_queue=REGISTRATION_QUEUE,
-        task_routes={
-            REGISTER_TASK: {"queue": REGISTRATION_QUEUE},
-            PRICE_TASK: {"queue": PRICING_QUEUE},
-            RECOVER_TASK: {"queue": PRICING_QUEUE},
-        },
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-        beat_schedule={
-            "price-pending-packages": {
-                "task": PRICE_TASK,
-                "schedule": settings.COST_RECALC_INTERVAL,  # seconds
-                # A run that no worker took within one period is dropped: the next one does its work.
-                "options": {"expires": settings.COST_RECALC_INTERVAL},
-            },
-            "recover-pending-registrations": {
-                "task": RECOVER_TASK,
-                "schedule": RECOVERY_INTERVAL,
-                "options": {"expires": RECOVERY_INTERVAL},
-            },
-        },
-        worker_hijack_root_logger=False,
-        enable_utc=True,
-    )
-    return app
-
-
-def _broker_url(settings: Settings) -> str:
-    if settings.CELERY_BROKER_URL is not None:
-        return str(settings.CELERY_BROKER_URL)
-    # kombu's SQLAlchemy transport on an SQLite file: each message is taken in a write transaction,
-    # so no two consumers take the same message and none reads a half-written one.
-    EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
-    # The transport passes its options to create_engine, so its polling interval (1 s by default, a
-    # second of latency per idle poll) can only be set on the class.
-    kombu_sqlalchemy.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
-    return f"sqla+sqlite:///{(EMBEDDED_DIR / 'broker.sqlite3').resolve()}"
-
-
-def _broker_options(settings: Settings) -> dict[str, Any]:
-    if settings.CELERY_BROKER_URL is not None:
-        # Wait for RabbitMQ to confirm each message, so a 202 means the job is in the queue.
-        return {"confirm_publish": True}
-    return {"connect_args": {"timeout": 30}}
-
-
-def _result_backend(settings: Settings) -> str:
-    if settings.REDIS_URL is not None:
-        return str(settings.REDIS_URL)
-    folder = (EMBEDDED_DIR / "results").resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"file://{folder}"
-
-
-def publish_registration(app: Celery, job: jobs.RegistrationJob) -> None:
-    """Publish a registration job (blocking until the broker confirms it), as `send_task` would, but without
-    subscribing to its result: on the Redis backend `send_task` SUBSCRIBEs the publisher to every task's
-    result channel (and UNSUBSCRIBEs when the result object goes), round trips that nobody here reads.
-    The worker still records the task's states and outcome."""
-    args = (job.to_json(),)
-    message = app.amqp.create_task_message(job.registration_id, REGISTER_TASK, args, {})
-    route = app.amqp.router.route({}, REGISTER_TASK, args, {})
-    with app.producer_or_acquire() as producer:
-        app.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
-
+#: A batch's deadline on its loop (rate, transaction, outcomes), after which it is tried again later; and the
+#: pool's hard limit, after which the pool process is replaced and the batch's messages go back to the queue.
+BATCH_DEADLINE = 30.0
+BATCH_HARD_LIMIT = 60.0
+SUPPORTED_POOLS = ("prefork", "solo")
 
 settings = get_settings()
 app = create_celery(settings)
+
+
+class SupportedPool(bootsteps.StartStopStep):
+    """Refuse, at start, a pool that would lose or stall registrations."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        pool = worker.pool_cls if isinstance(worker.pool_cls, str) else worker.pool_cls.__module__
+        name = pool.rsplit(".", 1)[-1].split(":")[0]
+        if name not in SUPPORTED_POOLS:
+            raise ImproperlyConfigured(
+                f"the {name} pool is not supported: use --pool prefork (the default) or --pool solo"
+            )
+        super().__init__(worker, **kwargs)
+
+
+app.steps["worker"].add(SupportedPool)
 
 
 @setup_logging.connect
@@ -144,9 +77,9 @@ def _setup_logging(**_: Any) -> None:
 
 
 @task_prerun.connect
-def _log_context(task_id: str, task: Task[Any, Any], **_: Any) -> None:
-    # A registration's task id is its registration id: every line of the job carries it.
-    logs.registration_id.set(task_id if task.name == REGISTER_TASK else None)
+def _log_context(**_: Any) -> None:
+    # A batch's lines name each registration themselves; no other task runs for one registration.
+    logs.registration_id.set(None)
 
 
 # --- one event loop and one set of connections per worker process ---
@@ -207,37 +140,76 @@ def _close_runtime(**_: Any) -> None:
     metrics.mark_process_dead(os.getpid())
 
 
-def backoff(retries: int, *, base: float = 1.0, cap: float = MAX_BACKOFF) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(cap, base * 2**retries))
+class RegistrationBatches(Batches):  # type: ignore[misc]
+    """celery-batches' task, acknowledging a batch's messages only when its body returned True: packages
+    committed, outcomes recorded, retries published. After anything else (an error that escaped, a pool
+    process lost, the hard time limit) the messages go back to the queue: the packages' unique registration
+    ids make a second run of a committed batch create nothing."""
+
+    def flush(self, requests: Collection[Request]) -> Any:
+        batch = ([SimpleRequest.from_request(request) for request in requests],)
+
+        def on_return(result: object) -> None:
+            for request in requests:
+                if result is True:
+                    request.acknowledge()
+                else:
+                    request.reject(requeue=True)
+
+        def on_error(_: object) -> None:
+            for request in requests:
+                request.reject(requeue=True)
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, batch, 0, None),
+            callback=on_return,
+            error_callback=on_error,
+            timeout=BATCH_HARD_LIMIT,
+        )
 
 
-TRANSIENT = (ServiceUnavailable, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
-
-
-@app.task(name=REGISTER_TASK, bind=True, max_retries=None)
-def register_package(self: Task[Any, Any], job: dict[str, Any]) -> int | None:
-    """Register one accepted package: rate, cost, row, status."""
+@app.task(
+    name=REGISTER_TASK,
+    base=RegistrationBatches,
+    flush_every=BATCH_SIZE,
+    flush_interval=BATCH_INTERVAL,
+    ignore_result=True,
+)
+def register_packages(requests: list[SimpleRequest]) -> bool:
+    """Register a batch of accepted packages; jobs to try later are published again before it returns."""
+    batch = [RegistrationJob.from_json(request.args[0]) for request in requests]
+    retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
+    logger.info(
+        "registration batch taken size=%s retries=%s pid=%s registration_ids=%s",
+        len(batch),
+        retries,
+        os.getpid(),
+        ",".join(job.registration_id for job in batch),
+    )
     rt = runtime()
-    try:
-        return run(
-            jobs.process_registration(
+
+    async def attempt() -> list[registration.Retry]:
+        async with asyncio.timeout(BATCH_DEADLINE):
+            return await registration.register_batch(
                 rt.maker,
                 rt.store,
                 rt.rates,
-                jobs.RegistrationJob.from_json(job),
+                batch,
+                create_packages=jobs.create_packages,
                 retry_window=settings.RATE_RETRY_WINDOW,
+                retries=retries,
             )
-        )
-    except jobs.RetryLater as exc:
-        metrics.JOB_RETRIES.labels(REGISTER_TASK, "rate").inc()
-        raise self.retry(countdown=min(backoff(self.request.retries), exc.remaining)) from None
+
+    try:
+        later = run(attempt())
     except TRANSIENT as exc:
-        metrics.JOB_RETRIES.labels(REGISTER_TASK, "transient").inc()
-        logger.warning(
-            "registration job will retry registration_id=%s error=%r", job.get("registration_id"), exc
-        )
-        raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
+        metrics.JOB_RETRIES.labels(REGISTER_TASK, "transient").inc(len(batch))
+        logger.warning("registration batch will retry size=%s retries=%s error=%r", len(batch), retries, exc)
+        later = [registration.Retry(job, backoff(retries)) for job in batch]
+    for retry in later:
+        publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1)
+    return True
 
 
 @app.task(name=PRICE_TASK, bind=True, max_retries=PRICE_RETRIES)
@@ -255,17 +227,21 @@ def price_pending_packages(self: Task[Any, Any]) -> dict[str, int]:
 
 
 def recovery_grace(settings: Settings) -> float:
-    """Longer than a healthy job can stay pending: its bank retries, then one last backoff."""
-    return settings.RATE_RETRY_WINDOW + 2 * MAX_BACKOFF
+    """Longer than a registration stays untouched while its job is alive: its bank retries, then one last
+    backoff."""
+    return settings.RATE_RETRY_WINDOW + 2 * registration.MAX_BACKOFF
 
 
 @app.task(name=RECOVER_TASK)
 def recover_pending_registrations(older_than: float | None = None) -> dict[str, int]:
-    """Publish again the jobs of registrations pending for too long (a job lost on its way)."""
+    """Publish again the jobs of registrations untouched for too long (a job lost on its way)."""
     rt = runtime()
 
-    async def publish(job: jobs.RegistrationJob) -> None:
+    async def publish(job: RegistrationJob) -> None:
         publish_registration(app, job)
 
+    async def queued() -> int:
+        return await asyncio.to_thread(queued_registrations, app)
+
     grace = recovery_grace(settings) if older_than is None else older_than
-    return {"republished": run(jobs.recover_pending(rt.store, publish, older_than=grace))}
+    return {"republished": run(registration.recover_pending(rt.store, publish, queued, older_than=grace))}

@@ -8,6 +8,7 @@ from delivery import service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
 from delivery.api.responses import ADMIN, CONFLICT, NOT_FOUND
 from delivery.api.routing import DecimalRoute
+from delivery.broker import PRICE_TASK
 from delivery.schemas import (
     DailyCosts,
     DailyTypeTotal,
@@ -18,7 +19,6 @@ from delivery.schemas import (
     PackageTypeRead,
     TransportCompanyBind,
 )
-from delivery.worker import PRICE_TASK
 
 router = APIRouter(
     route_class=DecimalRoute, tags=["operators"], dependencies=[Depends(require_admin)], responses=ADMIN

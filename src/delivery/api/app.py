@@ -9,10 +9,10 @@ from delivery.api import admin, health, packages, sessions, web
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
 from delivery.api.middleware import RequestIdMiddleware
+from delivery.broker import AmqpPublisher, create_celery
 from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.store import create_store
-from delivery.worker import create_celery
 
 MAX_BODY_SIZE = 64 * 1024
 
@@ -26,16 +26,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings, autocommit=True)
         store = create_store(settings)
         celery = create_celery(settings)
+        broker = settings.CELERY_BROKER_URL
+        publisher = None if broker is None else AmqpPublisher(str(broker).split(";"))
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
             maker=create_sessionmaker(engine),
             store=store,
             celery=celery,
+            publisher=publisher,
         )
         try:
             yield
         finally:
+            if publisher is not None:
+                await publisher.close()
             celery.close()
             await store.close()
             await engine.dispose()

@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from delivery import service
 from delivery.api.errors import AdminForbidden, AdminUnauthenticated
+from delivery.broker import AmqpPublisher, publish_registration
 from delivery.config import Settings
 from delivery.errors import Unauthenticated
+from delivery.registration import RegistrationJob
 from delivery.schemas import MAX_BIGINT
-from delivery.service import RegistrationJob
 from delivery.store import Store
-from delivery.worker import publish_registration
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ class Resources:
     maker: async_sessionmaker[AsyncSession]
     store: Store
     celery: Celery
+    #: On RabbitMQ, the API's own publisher; None on the embedded broker, published through Celery's producer.
+    publisher: AmqpPublisher | None = None
     type_ids: frozenset[int] = field(default_factory=frozenset)
     type_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sessions: service.SessionCache = field(default_factory=service.SessionCache)
@@ -49,7 +51,10 @@ class Resources:
         return type_id in self.type_ids
 
     async def publish(self, job: RegistrationJob) -> None:
-        await anyio.to_thread.run_sync(publish_registration, self.celery, job)
+        if self.publisher is not None:
+            await self.publisher.publish(job)
+        else:
+            await anyio.to_thread.run_sync(publish_registration, self.celery, job)
 
 
 async def get_resources(request: Request) -> Resources:

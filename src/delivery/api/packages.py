@@ -3,7 +3,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from delivery import service
+from delivery import registration, service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, SessionId
 from delivery.api.responses import NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
@@ -66,12 +66,12 @@ async def register_package(
     """Accept a package for registration; follow it at the `Location` status URL."""
     if not await resources.type_exists(db, data.type_id):
         raise InvalidField("type_id", f"type {data.type_id} does not exist; see GET /types/")
-    status_id = await service.accept_registration(
+    status_id = await registration.accept_registration(
         resources.store,
         resources.publish,
         session_id=session_id,
         data=data,
-        idempotency_key=idempotency_key,
+        idempotency_key_value=idempotency_key,
         status_ttl=resources.settings.STATUS_TTL,
     )
     response.headers["Location"] = f"/packages/status/{status_id}/"
@@ -86,7 +86,7 @@ async def registration_status(
     status_id: uuid.UUID, session_id: SessionId, resources: ResourcesDep, db: DbSession
 ) -> RegistrationStatus:
     """Where a registration stands: pending, registered (with the package id) or failed."""
-    record = await service.get_status(resources.store, db, session_id, status_id)
+    record = await registration.get_status(resources.store, db, session_id, status_id)
     return RegistrationStatus(
         status_id=status_id,
         state=record.state,

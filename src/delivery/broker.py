@@ -1,0 +1,243 @@
+"""The broker side of the service: the Celery app's configuration, and the publishers of registration jobs.
+
+Nothing here connects or builds anything at import: the API builds its Celery app and publisher in its
+lifespan, the worker in `delivery.worker`.
+"""
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import aio_pika.abc
+from celery import Celery
+from kombu import Exchange, Queue
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+from delivery.config import EMBEDDED_DIR, Settings
+from delivery.registration import RegistrationJob
+
+logger = logging.getLogger(__name__)
+
+REGISTER_TASK = "packages.register"
+PRICE_TASK = "packages.price_pending"
+RECOVER_TASK = "packages.recover_pending"
+REGISTRATION_QUEUE = "registrations"
+PRICING_QUEUE = "pricing"
+#: How often pending registrations are looked at by the recovery job.
+RECOVERY_INTERVAL = 60.0
+EMBEDDED_POLLING_INTERVAL = 0.1
+#: A registration batch: up to this many jobs, or what arrived within BATCH_INTERVAL seconds.
+BATCH_SIZE = 100
+BATCH_INTERVAL = 0.02
+#: Messages a worker process holds unacknowledged: two batches for each pool process, so one fills while
+#: the other is written.
+PREFETCH_MULTIPLIER = 2 * BATCH_SIZE
+#: The longest a publish may take, connecting included, before the API answers 503.
+PUBLISH_TIMEOUT = 5.0
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app for `settings`: the real broker and Redis when their URLs are set, else embedded."""
+    app = Celery("delivery")
+    app.conf.update(
+        broker_url=_broker_url(settings),
+        broker_transport_options=_broker_options(settings),
+        broker_connection_timeout=3,
+        broker_connection_retry_on_startup=True,
+        result_backend=_result_backend(settings),
+        result_expires=86400,
+        # A result that cannot be written (Redis restarting) is written again, backing off up to 10 s,
+        # rather than failing the job: a job that fails outside its body is acknowledged, and lost.
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (REGISTRATION_QUEUE, PRICING_QUEUE)],
+        task_default_queue=REGISTRATION_QUEUE,
+        task_routes={
+            REGISTER_TASK: {"queue": REGISTRATION_QUEUE},
+            PRICE_TASK: {"queue": PRICING_QUEUE},
+            RECOVER_TASK: {"queue": PRICING_QUEUE},
+        },
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+        beat_schedule={
+            "price-pending-packages": {
+                "task": PRICE_TASK,
+                "schedule": settings.COST_RECALC_INTERVAL,  # seconds
+                # A run that no worker took within one period is dropped: the next one does its work.
+                "options": {"expires": settings.COST_RECALC_INTERVAL},
+            },
+            "recover-pending-registrations": {
+                "task": RECOVER_TASK,
+                "schedule": RECOVERY_INTERVAL,
+                "options": {"expires": RECOVERY_INTERVAL},
+            },
+        },
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def _broker_url(settings: Settings) -> str:
+    if settings.CELERY_BROKER_URL is not None:
+        return str(settings.CELERY_BROKER_URL)
+    # kombu's SQLAlchemy transport on an SQLite file: each message is taken in a write transaction,
+    # so no two consumers take the same message and none reads a half-written one.
+    EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
+    # The transport passes its options to create_engine, so its polling interval (1 s by default, a
+    # second of latency per idle poll) can only be set on the class.
+    kombu_sqlalchemy.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
+    return f"sqla+sqlite:///{(EMBEDDED_DIR / 'broker.sqlite3').resolve()}"
+
+
+def _broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.CELERY_BROKER_URL is not None:
+        # Wait for RabbitMQ to confirm each message, so a job published again is in the queue.
+        return {"confirm_publish": True}
+    return {"connect_args": {"timeout": 30}}
+
+
+def _result_backend(settings: Settings) -> str:
+    if settings.REDIS_URL is not None:
+        return str(settings.REDIS_URL)
+    folder = (EMBEDDED_DIR / "results").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"file://{folder}"
+
+
+def publish_registration(
+    app: Celery, job: RegistrationJob, *, countdown: float | None = None, retries: int = 0
+) -> None:
+    """Publish a registration job through Celery's producer pool, blocking until the broker confirms it.
+
+    As `send_task` would, but without subscribing to its result: on the Redis backend `send_task`
+    SUBSCRIBEs the publisher to the task's result channel, a round trip that nobody here reads (a
+    registration's record is its status, not a Celery result)."""
+    args = (job.to_json(),)
+    message = app.amqp.create_task_message(
+        job.registration_id, REGISTER_TASK, args, {}, countdown=countdown, retries=retries
+    )
+    route = app.amqp.router.route({}, REGISTER_TASK, args, {})
+    with app.producer_or_acquire() as producer:
+        app.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
+
+
+def queued_registrations(app: Celery) -> int:
+    """How many registration jobs wait in their queue (ready, not yet delivered to a worker)."""
+    with app.connection_for_write() as connection:
+        channel: Any = connection.default_channel
+        declared = channel.queue_declare(REGISTRATION_QUEUE, passive=True)
+        return int(declared.message_count)
+
+
+def task_message(job: RegistrationJob) -> tuple[dict[str, Any], bytes]:
+    """A registration job as Celery's task message (protocol 2): its headers and JSON body."""
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": REGISTER_TASK,
+        "id": job.registration_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": job.registration_id,
+        "parent_id": None,
+        "argsrepr": "",
+        "kwargsrepr": "{}",
+        "origin": "delivery-api",
+        "ignore_result": True,
+    }
+    body = [[job.to_json()], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    return headers, json.dumps(body).encode()
+
+
+class AmqpPublisher:
+    """The API's publisher on RabbitMQ: one connection and one confirming channel, kept open.
+
+    Publishes share the channel, each awaiting its own confirm, so concurrent requests cost one round trip
+    each, not one apiece in turn. Every publish has a deadline (`timeout`, connecting included): a broker
+    that blocks publishers (a memory or disk alarm) or does not answer makes a 503, not a hung request.
+    After any failure the connection is dropped and the next publish connects again, trying each URL.
+    """
+
+    def __init__(self, urls: Sequence[str], *, timeout: float = PUBLISH_TIMEOUT) -> None:
+        self._urls = list(urls)
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+
+    async def publish(self, job: RegistrationJob) -> None:
+        headers, body = task_message(job)
+        message = aio_pika.Message(
+            body,
+            headers=headers,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=job.registration_id,
+            priority=0,
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                exchange = self._exchange or await self._connect()
+                await exchange.publish(message, routing_key=REGISTRATION_QUEUE, mandatory=True)
+        except Exception:
+            # A request cancelled by its client leaves the channel as it is; any other failure drops it.
+            await self._drop()
+            raise
+
+    async def _connect(self) -> aio_pika.abc.AbstractExchange:
+        async with self._lock:
+            if self._exchange is not None:
+                return self._exchange
+            errors = []
+            for url in self._urls:
+                try:
+                    connection = await aio_pika.connect(url, timeout=self._timeout)
+                except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                    errors.append(exc)
+                    continue
+                try:
+                    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                    # Declared as Celery declares them, so whichever side comes first, both agree.
+                    exchange = await channel.declare_exchange(
+                        REGISTRATION_QUEUE, aio_pika.ExchangeType.DIRECT, durable=True
+                    )
+                    queue = await channel.declare_queue(REGISTRATION_QUEUE, durable=True)
+                    await queue.bind(exchange, routing_key=REGISTRATION_QUEUE)
+                except BaseException:
+                    await connection.close()
+                    raise
+                self._connection, self._exchange = connection, exchange
+                logger.info("publisher connected broker=%s", _without_password(url))
+                return exchange
+            raise ConnectionError(f"no broker answered: {errors!r}")
+
+    async def _drop(self) -> None:
+        connection, self._connection, self._exchange = self._connection, None, None
+        if connection is not None:
+            try:
+                await asyncio.wait_for(connection.close(), timeout=1.0)
+            except BaseException as exc:  # the connection is gone either way
+                logger.debug("publisher connection closed with error=%r", exc)
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.hostname or "").geturl() if parts.password else url

@@ -1,0 +1,370 @@
+"""A registration, from the 202 to its package: the job and its status record, accepting, the worker's batch,
+the outcome, and recovery of a job lost on its way.
+
+The API and the worker share this module; neither imports the other.
+
+1. `accept_registration` (API): one store round trip writes the pending status (with the job inside, for
+   recovery) and claims the Idempotency-Key; then the job is published, confirmed by the broker; then 202.
+2. `register_batch` (worker): for up to a batch of jobs, one rate read, one transaction that creates every
+   package with its cost, cost log and daily totals (`jobs.create_packages`), then one store round trip that
+   writes every outcome. The broker's messages are acknowledged after that returns.
+3. `recover_pending` (beat): a pending registration untouched for a long while, with no job waiting in the
+   queue, lost its job: it is published again from its status.
+"""
+
+import hashlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy.exc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from delivery import metrics
+from delivery.errors import NotFound, RateUnavailable, RegistrationImpossible, ServiceUnavailable
+from delivery.models import Package
+from delivery.rates import Rate, RateCache
+from delivery.schemas import PackageCreate, RegistrationState
+from delivery.store import Store
+
+logger = logging.getLogger(__name__)
+
+#: The registrations still pending, scored by when a job of theirs was last published or attempted.
+PENDING_INDEX = "registrations:pending"
+#: The namespace of registration ids derived from an Idempotency-Key (a fixed, random UUID).
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7f0e-2b8a-4d59-9a43-1f4e8c2d7b90")
+#: Transient failures are tried again, backing off (with full jitter) up to this many seconds.
+MAX_BACKOFF = 60.0
+
+#: What may pass by itself: a backing service away or overloaded, a deadlock, a pool or a deadline exhausted.
+TRANSIENT: tuple[type[Exception], ...] = (
+    ServiceUnavailable,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def status_key(status_id: uuid.UUID | str) -> str:
+    return f"status:{status_id}"
+
+
+def idempotency_key(session_id: int, key: str) -> str:
+    return f"idem:{session_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationJob:
+    """What the registration job carries through the broker: plain JSON, money as strings."""
+
+    registration_id: str
+    session_id: int
+    name: str
+    weight_kg: str
+    type_id: int
+    content_value_usd: str
+    accepted_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RegistrationJob":
+        return cls(**data)
+
+    @property
+    def weight(self) -> Decimal:
+        return Decimal(self.weight_kg)
+
+    @property
+    def value(self) -> Decimal:
+        return Decimal(self.content_value_usd)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRecord:
+    session_id: int
+    state: RegistrationState
+    package_id: int | None = None
+    error_message: str | None = None
+    #: While pending, the job itself, so a job lost on its way can be published again.
+    job: dict[str, Any] | None = None
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, raw: str) -> "StatusRecord":
+        return cls(**json.loads(raw))
+
+
+Publisher = Callable[[RegistrationJob], Awaitable[None]]
+
+
+def keyed_registration_id(session_id: int, idempotency_key: str, data: PackageCreate) -> uuid.UUID:
+    """The registration id of a session's Idempotency-Key with this parcel, the same on every retry.
+
+    The store remembers a key for STATUS_TTL, but may forget it sooner (a Redis restart without persistence;
+    a 503 whose job reached the queue after all). A retry then publishes the same registration id again, and
+    the package's unique registration id still makes it one package. The parcel is part of the name: a key
+    used again, once the store forgot it, for another parcel is another registration, never the old package.
+    """
+    parcel = data.model_dump_json()
+    return uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{session_id}\n{idempotency_key}\n{parcel}")
+
+
+# --- 1. accepting (the API) ---
+
+
+async def accept_registration(
+    store: Store,
+    publish: Publisher,
+    *,
+    session_id: int,
+    data: PackageCreate,
+    idempotency_key_value: str | None,
+    status_ttl: int,
+) -> uuid.UUID:
+    """Store a pending status and publish the job; a 202 may follow only when both are done.
+
+    With an Idempotency-Key whose registration is stored, that registration is the answer; while it is
+    still pending its job is published once more (harmless: one package per registration id), since the
+    request that stored it may yet fail to publish and take its status back.
+    """
+    status_id = (
+        uuid.uuid4()
+        if idempotency_key_value is None
+        else keyed_registration_id(session_id, idempotency_key_value, data)
+    )
+    job = RegistrationJob(
+        registration_id=str(status_id),
+        session_id=session_id,
+        name=data.name,
+        weight_kg=str(data.weight_kg),
+        type_id=data.type_id,
+        content_value_usd=str(data.content_value_usd),
+        accepted_at=time.time(),
+    )
+    claim = None if idempotency_key_value is None else idempotency_key(session_id, idempotency_key_value)
+    held = await store.put_pending(
+        status_key(status_id),
+        StatusRecord(session_id, "pending", job=job.to_json()).dumps(),
+        ttl=status_ttl,
+        index=PENDING_INDEX,
+        member=str(status_id),
+        score=job.accepted_at,
+        claim=claim,
+    )
+    if held is not None:
+        held_key, raw = held
+        record = StatusRecord.loads(raw)
+        if record.state == "pending" and record.job is not None:
+            await _publish_or_unavailable(publish, RegistrationJob.from_json(record.job))
+        return uuid.UUID(held_key.removeprefix(status_key("")))
+    try:
+        await _publish_or_unavailable(publish, job)
+    except ServiceUnavailable:
+        await store.drop_pending(
+            status_key(status_id), index=PENDING_INDEX, member=str(status_id), claim=claim
+        )
+        raise
+    metrics.REGISTRATIONS_ACCEPTED.inc()
+    logger.info("registration accepted status_id=%s session_id=%s", status_id, session_id)
+    return status_id
+
+
+async def _publish_or_unavailable(publish: Publisher, job: RegistrationJob) -> None:
+    try:
+        await publish(job)
+    except Exception as exc:
+        logger.warning("registration not published status_id=%s error=%r", job.registration_id, exc)
+        raise ServiceUnavailable("broker") from exc
+
+
+async def get_status(store: Store, db: AsyncSession, session_id: int, status_id: uuid.UUID) -> StatusRecord:
+    """The status record; if the store no longer has it, the package made for it, if there is one.
+
+    The store is the fast path and the only record of pending and failed registrations; the package's
+    unique registration id is the lasting record of a registered one (the store may lose its keys).
+    """
+    raw = await store.get(status_key(status_id))
+    record = None if raw is None else StatusRecord.loads(raw)
+    if record is None:
+        package_id = await db.scalar(
+            select(Package.id).where(Package.registration_id == status_id, Package.session_id == session_id)
+        )
+        if package_id is not None:
+            return StatusRecord(session_id, "registered", package_id=package_id)
+    if record is None or record.session_id != session_id:
+        raise NotFound("registration status")
+    return record
+
+
+# --- 2. the worker's batch ---
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A job to publish again after `delay` seconds."""
+
+    job: RegistrationJob
+    delay: float
+
+
+def backoff(retries: int, *, base: float = 1.0, cap: float = MAX_BACKOFF) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**retries))
+
+
+CreatePackages = Callable[
+    [async_sessionmaker[AsyncSession], Sequence[RegistrationJob], Rate | None],
+    Awaitable[dict[str, int]],
+]
+
+
+async def register_batch(
+    maker: async_sessionmaker[AsyncSession],
+    store: Store,
+    rates: RateCache,
+    batch: Sequence[RegistrationJob],
+    *,
+    create_packages: CreatePackages,
+    retry_window: float,
+    retries: int = 0,
+) -> list[Retry]:
+    """Register a batch: the rate, the packages (one transaction), the outcomes (one store round trip).
+
+    Returns the jobs to try again later: those waiting for the bank while their retry window is open.
+    Transient failures propagate (the caller tries the whole batch again later); any other failure is
+    narrowed down to the job that causes it, which ends `failed` with the error's message.
+    """
+    await store.index_touch(PENDING_INDEX, [job.registration_id for job in batch], time.time())
+    rate: Rate | None
+    later: list[Retry] = []
+    now_batch = list(batch)
+    try:
+        rate = await rates.get()
+    except RateUnavailable as exc:
+        rate = None
+        now = time.time()
+        now_batch = []
+        for job in batch:
+            remaining = job.accepted_at + retry_window - now
+            if remaining > 0:
+                later.append(Retry(job, min(backoff(retries), remaining)))
+            else:
+                logger.warning(
+                    "registering without a cost registration_id=%s reason=%s", job.registration_id, exc
+                )
+                now_batch.append(job)
+        if later:
+            metrics.JOB_RETRIES.labels("packages.register", "rate").inc(len(later))
+            await store.index_touch(
+                PENDING_INDEX, [r.job.registration_id for r in later], now + max(r.delay for r in later)
+            )
+    if now_batch:
+        await _create_and_record(maker, store, now_batch, rate, create_packages)
+    return later
+
+
+async def _create_and_record(
+    maker: async_sessionmaker[AsyncSession],
+    store: Store,
+    batch: list[RegistrationJob],
+    rate: Rate | None,
+    create_packages: CreatePackages,
+) -> None:
+    created: dict[str, int | str]
+    try:
+        created = dict(await create_packages(maker, batch, rate))
+    except TRANSIENT:
+        raise
+    except Exception as exc:
+        if len(batch) > 1:
+            # One job spoils the batch (or the batch itself is at fault): try each alone to find out.
+            logger.warning(
+                "registration batch failed, registering one by one size=%s error=%r", len(batch), exc
+            )
+            for job in batch:
+                await _create_and_record(maker, store, [job], rate, create_packages)
+            return
+        message = str(exc) if isinstance(exc, RegistrationImpossible) else f"{type(exc).__name__}: {exc}"
+        created = {batch[0].registration_id: message}
+    await record_outcomes(store, batch, created, cost_known=rate is not None)
+
+
+async def record_outcomes(
+    store: Store, batch: Sequence[RegistrationJob], created: dict[str, int | str], *, cost_known: bool
+) -> None:
+    """Every job's status in one round trip: registered with its package id, or failed with a message."""
+    records = []
+    for job in batch:
+        outcome = created[job.registration_id]
+        if isinstance(outcome, int):
+            record = StatusRecord(job.session_id, "registered", package_id=outcome)
+            metrics.REGISTRATIONS_DONE.labels("registered" if cost_known else "registered_without_cost").inc()
+            logger.info(
+                "package registered registration_id=%s package_id=%s cost_known=%s",
+                job.registration_id,
+                outcome,
+                cost_known,
+            )
+        else:
+            record = StatusRecord(job.session_id, "failed", error_message=outcome)
+            metrics.REGISTRATIONS_DONE.labels("failed").inc()
+            logger.error("registration failed registration_id=%s reason=%s", job.registration_id, outcome)
+        records.append((status_key(job.registration_id), record.dumps()))
+    replaced = await store.finish_pending(
+        records, index=PENDING_INDEX, members=[j.registration_id for j in batch]
+    )
+    for job, done in zip(batch, replaced, strict=True):
+        if not done:
+            logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
+
+
+# --- 3. recovery (beat) ---
+
+
+async def recover_pending(
+    store: Store,
+    publish: Publisher,
+    queued: Callable[[], Awaitable[int]],
+    *,
+    older_than: float,
+    limit: int = 1000,
+) -> int:
+    """Publish again the jobs of registrations untouched for `older_than` seconds while none is queued.
+
+    A job can be lost on its way: a worker killed while holding it on a broker that does not redeliver (the
+    embedded one), a queue lost with its broker. Its status still holds the job, so it is sent again. A job
+    marks its registration alive on every attempt (and a retry until its next attempt is due), so what is
+    old in the index was not tried for that long: lost, or still waiting in a queue behind a backlog. While
+    the queue holds jobs, nothing is published again: those jobs may be the very ones.
+    """
+    stale = await store.index_below(PENDING_INDEX, time.time() - older_than, limit)
+    if not stale:
+        return 0
+    if (waiting := await queued()) > 0:
+        logger.info("recovery waits for the queue stale=%s queued=%s", len(stale), waiting)
+        return 0
+    republished = 0
+    for registration_id in stale:
+        raw = await store.get(status_key(registration_id))
+        record = None if raw is None else StatusRecord.loads(raw)
+        if record is None or record.state != "pending" or record.job is None:
+            await store.index_remove(PENDING_INDEX, registration_id)
+            continue
+        await publish(RegistrationJob.from_json(record.job))
+        await store.index_add(PENDING_INDEX, registration_id, time.time())
+        republished += 1
+        logger.warning("registration job published again registration_id=%s", registration_id)
+    return republished
