@@ -92,6 +92,8 @@ class WorkerConfig:
     probe: int | None = None
 
 
+PHASES = ("read", "daily", "ceilings", "write", "cold")
+
 #: In the order they run; after `default`, a setting that would not fit in the time budget is skipped.
 WORKER_CONFIGS = (
     WorkerConfig("default", (), "prefork pool, concurrency = CPU count (2): the Procfile's command as it is"),
@@ -177,6 +179,7 @@ class Bench:
     profile: Profile
     workdir: Path
     configs: Sequence[WorkerConfig]
+    phases: set[str] = field(default_factory=lambda: set(PHASES))
     log: Clock = field(default_factory=Clock)
     bank: FakeBank = field(default_factory=FakeBank)
     sampler: RssSampler = field(default_factory=RssSampler)
@@ -314,15 +317,21 @@ class Bench:
         self.preflight()
         self.setup()
         self.log("database migrated, vhost and redis db ready, fake bank up")
-        seeded = self.seed()
+        reads = {"read", "daily"} & self.phases
+        seeded = self.seed() if reads else None
         self.start_api()
         self.log(f"API up at {self.api_url}")
         self.results["peak_rss_mb"] = {}
-        self.read_path(seeded)
-        self.daily_totals()
-        self.ceilings()
-        self.write_path()
-        self.cold_cache()
+        if seeded is not None and "read" in self.phases:
+            self.read_path(seeded)
+        if seeded is not None and "daily" in self.phases:
+            self.daily_totals()
+        if "ceilings" in self.phases:
+            self.ceilings()
+        if "write" in self.phases:
+            self.write_path()
+        if "cold" in self.phases:
+            self.cold_cache()
         api = self.sampler.untrack("api")
         self.results["peak_rss_mb"] |= {"api": api.hwm_mb, "api_sampled": api.rss_mb}
         return self.results
@@ -754,6 +763,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"worker settings of the write path, comma-separated, in order (default: {','.join(names)})",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the work folder with the logs")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"what to measure, comma-separated (default: {','.join(PHASES)}); a partial run is a smoke run",
+    )
     args = parser.parse_args(argv)
     by_name = {c.name: c for c in WORKER_CONFIGS}
     chosen = [n for n in args.configs.split(",") if n]
@@ -761,7 +775,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown worker settings: {', '.join(unknown)}")
     profile = PROFILES["quick" if args.quick else "full"]
     workdir = Path(tempfile.mkdtemp(prefix="delivery-bench-"))
-    bench = Bench(profile, workdir, [by_name[n] for n in chosen])
+    phases = set(args.phases.split(",")) - {""}
+    if unknown_phases := phases - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown_phases))}")
+    bench = Bench(profile, workdir, [by_name[n] for n in chosen], phases)
     meta: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": profile.name,
@@ -783,6 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"logs kept in {workdir}", flush=True)
     meta["machine"]["loadavg_end"] = list(os.getloadavg())
     meta["total_seconds"] = round(bench.log.elapsed(), 1)
-    json_path, md_path = write_results({"meta": meta, **results}, QUICK_RESULTS if args.quick else RESULTS)
+    partial = args.quick or phases != set(PHASES)
+    json_path, md_path = write_results({"meta": meta, **results}, QUICK_RESULTS if partial else RESULTS)
     bench.log(f"done: {json_path}, {md_path}")
     return 0

@@ -69,7 +69,10 @@ async def create_packages(
     registration_ids = list({uuid.UUID(job.registration_id) for job in batch})
     for attempt in range(1, DUPLICATE_RETRIES + 1):
         try:
-            return await _insert_packages(maker, batch, registration_ids, rate, clock())
+            # Duplicates are rare (a job run twice): looked for only after an insert met one.
+            return await _insert_packages(
+                maker, batch, registration_ids, rate, clock(), look_first=attempt > 1
+            )
         except IntegrityError:
             if len(registration_ids) == 1:
                 return await _existing_package(maker, batch[0])
@@ -85,9 +88,15 @@ async def _insert_packages(
     registration_ids: list[uuid.UUID],
     rate: Rate | None,
     now: datetime,
+    *,
+    look_first: bool,
 ) -> dict[str, int]:
     async with maker() as db, db.begin():
-        ids = dict((await db.execute(_PACKAGE_IDS, {"registration_ids": registration_ids})).tuples().all())
+        ids: dict[uuid.UUID, int] = {}
+        if look_first:
+            ids = dict(
+                (await db.execute(_PACKAGE_IDS, {"registration_ids": registration_ids})).tuples().all()
+            )
         new: dict[uuid.UUID, RegistrationJob] = {}
         for job in batch:
             registration_id = uuid.UUID(job.registration_id)
@@ -99,11 +108,8 @@ async def _insert_packages(
             # In session and type order: the triggers that keep the counts lock their rows in one order.
             jobs = sorted(new.values(), key=lambda job: (job.session_id, job.type_id))
             costs = [None if rate is None else compute_cost(j.weight, j.value, rate.usd_rub) for j in jobs]
-            await db.execute(
-                insert(Package),
-                [_package_row(j, cost, rate, now) for j, cost in zip(jobs, costs, strict=True)],
-            )
-            created = dict((await db.execute(_PACKAGE_IDS, {"registration_ids": list(new)})).tuples().all())
+            rows = [_package_row(j, cost, rate, now) for j, cost in zip(jobs, costs, strict=True)]
+            created = await _insert_returning_ids(db, rows, list(new))
             ids |= created
             if rate is not None:
                 priced = [
@@ -114,6 +120,18 @@ async def _insert_packages(
                 await _log_costs(db, priced, rate, now)
                 await _add_daily_totals(db, now.astimezone(UTC).date(), [(t, c) for _, t, c in priced])
     return {str(registration_id): package_id for registration_id, package_id in ids.items()}
+
+
+async def _insert_returning_ids(
+    db: AsyncSession, rows: list[dict[str, object]], registration_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """One multi-row INSERT; the new ids from its RETURNING where the database has one (MariaDB, SQLite),
+    else from one SELECT by the unique registration ids (MySQL)."""
+    if db.get_bind().dialect.insert_returning:
+        returning = insert(Package).returning(Package.registration_id, Package.id)
+        return dict((await db.execute(returning, rows)).all())
+    await db.execute(insert(Package), rows)
+    return dict((await db.execute(_PACKAGE_IDS, {"registration_ids": registration_ids})).all())
 
 
 def _package_row(
@@ -273,7 +291,7 @@ async def _log_costs(
 
 
 async def _add_daily_totals(db: AsyncSession, day: date, costs: Iterable[tuple[int, Decimal]]) -> None:
-    """Add to the per-day, per-type running totals with one upsert per type."""
+    """Add to the per-day, per-type running totals: one multi-row upsert, a row per type."""
     sums: dict[int, list[Decimal | int]] = defaultdict(lambda: [0, Decimal(0)])
     for type_id, cost in costs:
         sums[type_id][0] += 1
@@ -282,10 +300,12 @@ async def _add_daily_totals(db: AsyncSession, day: date, costs: Iterable[tuple[i
         {"day": day, "type_id": type_id, "packages": count, "total_cost_rub": total}
         for type_id, (count, total) in sorted(sums.items())
     ]
+    if not rows:
+        return
     totals = DailyCostTotal
     stmt: Executable
     if _dialect(db) == "sqlite":
-        lite = sqlite.insert(totals)
+        lite = sqlite.insert(totals).values(rows)
         stmt = lite.on_conflict_do_update(
             index_elements=["day", "type_id"],
             set_={
@@ -294,13 +314,12 @@ async def _add_daily_totals(db: AsyncSession, day: date, costs: Iterable[tuple[i
             },
         )
     else:
-        my = mysql.insert(totals)
+        my = mysql.insert(totals).values(rows)
         stmt = my.on_duplicate_key_update(
             packages=totals.packages + my.inserted.packages,
             total_cost_rub=totals.total_cost_rub + my.inserted.total_cost_rub,
         )
-    for row in rows:
-        await db.execute(stmt, row)
+    await db.execute(stmt)
 
 
 def _dialect(db: AsyncSession) -> str:
