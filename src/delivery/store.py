@@ -19,6 +19,8 @@ from delivery.config import EMBEDDED_DIR, Settings
 from delivery.errors import ServiceUnavailable
 
 T = TypeVar("T")
+#: How a claim marks the key it names as answered to a second request (see `Store.put_pending`).
+ADOPTED = "#adopted"
 
 
 class KeyValue(Protocol):
@@ -66,12 +68,14 @@ class Store(KeyValue, Protocol):
         claim: str | None = None,
     ) -> tuple[str, str] | None:
         """Set `key` and put `member` in `index`, at once. With `claim` (a key naming the registration,
-        e.g. an Idempotency-Key's), first look it up: if it names a member whose key still exists, change
-        nothing and answer (that member, its key's value); else claim it for `member` and go on."""
+        e.g. an Idempotency-Key's), first look it up: if it names a key that still exists, mark the claim
+        adopted (its first holder's `drop_pending` will leave that key alone) and answer (that key, its
+        value) without changing anything else; otherwise claim it for `key` and go on."""
         ...
 
     async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
-        """Undo `put_pending`: delete `key`, take `member` out of `index`, release `claim` if still ours."""
+        """Undo `put_pending`: delete `key`, take `member` out of `index`, release `claim` if still ours;
+        nothing at all if a second request adopted the claim meanwhile."""
         ...
 
     async def finish_pending(
@@ -91,13 +95,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: key, index[, claim]; ARGV: value, ttl ms, member, score. The claim holds the key it names.
+# KEYS: key, index[, claim]; ARGV: value, ttl ms, member, score. The claim holds the key it names; once a
+# second request found that key stored, the claim holds it marked ADOPTED, and the first request's undo
+# (drop_pending) leaves the key alone: the second one answered 202 for it.
 _PUT_PENDING = """
 if KEYS[3] then
   local held = redis.call('GET', KEYS[3])
   if held then
-    local value = redis.call('GET', held)
-    if value then return {held, value} end
+    local key = string.gsub(held, '#adopted$', '')
+    local value = redis.call('GET', key)
+    if value then
+      if key == held then redis.call('SET', KEYS[3], held .. '#adopted', 'KEEPTTL') end
+      return {key, value}
+    end
   end
   redis.call('SET', KEYS[3], KEYS[1], 'PX', ARGV[2])
 end
@@ -108,9 +118,11 @@ return false
 
 # KEYS: key, index[, claim]; ARGV: member.
 _DROP_PENDING = """
+local held = KEYS[3] and redis.call('GET', KEYS[3])
+if held and held == KEYS[1] .. '#adopted' then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if KEYS[3] and redis.call('GET', KEYS[3]) == KEYS[1] then redis.call('DEL', KEYS[3]) end
+if held and held == KEYS[1] then redis.call('DEL', KEYS[3]) end
 return 0
 """
 
@@ -289,8 +301,11 @@ class EmbeddedStore:
         with self._cache.transact():
             if claim is not None:
                 held = self._cache.get(claim)
-                if held is not None and (held_value := self._cache.get(held)) is not None:
-                    return str(held), str(held_value)
+                held_key = None if held is None else str(held).removesuffix(ADOPTED)
+                if held_key is not None and (held_value := self._cache.get(held_key)) is not None:
+                    if held_key == held:
+                        self._cache.set(claim, held_key + ADOPTED, expire=self._ttl_left(claim))
+                    return held_key, str(held_value)
                 self._cache.set(claim, key, expire=ttl)
             self._cache.set(key, value, expire=ttl)
             self._cache.set(f"{index}\0{member}", score)
@@ -301,9 +316,12 @@ class EmbeddedStore:
 
     def _drop_pending(self, key: str, index: str, member: str, claim: str | None) -> None:
         with self._cache.transact():
+            held = None if claim is None else self._cache.get(claim)
+            if held == key + ADOPTED:
+                return
             self._cache.delete(key)
             self._cache.delete(f"{index}\0{member}")
-            if claim is not None and self._cache.get(claim) == key:
+            if claim is not None and held == key:
                 self._cache.delete(claim)
 
     async def finish_pending(
@@ -317,15 +335,17 @@ class EmbeddedStore:
         done = []
         with self._cache.transact():
             for key, value in records:
-                old, expire_time = self._cache.get(key, expire_time=True)
-                if old is None:
+                if self._cache.get(key) is None:
                     done.append(False)
                     continue
-                ttl = None if expire_time is None else max(float(expire_time) - time.time(), 0.001)
-                done.append(bool(self._cache.set(key, value, expire=ttl)))
+                done.append(bool(self._cache.set(key, value, expire=self._ttl_left(key))))
             for member in members:
                 self._cache.delete(f"{index}\0{member}")
         return done
+
+    def _ttl_left(self, key: str) -> float | None:
+        _, expire_time = self._cache.get(key, expire_time=True)
+        return None if expire_time is None else max(float(expire_time) - time.time(), 0.001)
 
     async def ping(self) -> None:
         await self._run(self._cache.get, "ping")

@@ -1,0 +1,210 @@
+"""The edges of the registration pipeline: a key claimed by a registration that was never stored, a
+duplicate racing a failing publish, recovery under a backlog, a job that can never succeed, unsupported
+pools. Each on both stacks, with a real worker where a job must run."""
+
+import asyncio
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from delivery import registration
+from delivery.broker import create_celery, publish_registration, queued_registrations
+from delivery.errors import ServiceUnavailable
+from delivery.registration import (
+    PENDING_INDEX,
+    RegistrationJob,
+    StatusRecord,
+    accept_registration,
+    idempotency_key,
+    keyed_registration_id,
+    status_key,
+)
+from delivery.schemas import PackageCreate
+from delivery.store import create_store
+from tests.factories import Maker, open_session
+from tests.helpers import expected_cost, fixture_rate, packages_by_registration, wait_done
+from tests.stack import Stack, WorkerProcess
+
+BODY = PackageCreate(name="Edge parcel", weight_kg=Decimal("1.5"), type_id=1, content_value_usd=Decimal("40"))
+
+
+async def test_a_key_claimed_by_a_registration_never_stored_registers_it(
+    customer: httpx.AsyncClient, stack: Stack, worker: WorkerProcess, maker: Maker
+) -> None:
+    """The state a store timeout leaves after the key's claim took effect and nothing else did: the retry
+    must store and publish the registration, not answer 202 for one that does not exist."""
+    session_id = await open_session(customer)
+    key = "claimed-then-timed-out"
+    registration_id = keyed_registration_id(session_id, key, BODY)
+    store = create_store(stack.settings)
+    try:
+        await store.set(idempotency_key(session_id, key), status_key(registration_id), ttl=3600)
+    finally:
+        await store.close()
+
+    response = await customer.post(
+        "/packages/", json=BODY.model_dump(mode="json"), headers={"Idempotency-Key": key}
+    )
+    assert response.status_code == 202, response.text
+    status = await wait_done(customer, response.headers["Location"])
+    assert status["state"] == "registered", status
+    rows = await packages_by_registration(maker)
+    assert [len(group) for group in rows.values()] == [1]
+
+
+async def test_a_duplicate_accepted_while_the_first_publish_fails_is_still_registered(
+    customer: httpx.AsyncClient, stack: Stack, worker: WorkerProcess, maker: Maker
+) -> None:
+    """Two requests with one key: the second finds the first's pending status and answers 202 while the
+    first is still publishing; then the first's publish fails and it takes its status back. The second's
+    202 must still end in a package."""
+    session_id = await open_session(customer)
+    store = create_store(stack.settings)
+    celery = create_celery(stack.settings)
+    first_publishing = asyncio.Event()
+    let_it_fail = asyncio.Event()
+
+    async def failing(job: RegistrationJob) -> None:
+        first_publishing.set()
+        await let_it_fail.wait()
+        raise ConnectionError("broker gone mid-publish")
+
+    async def publishing(job: RegistrationJob) -> None:
+        await asyncio.to_thread(publish_registration, celery, job)
+
+    async def accept(publish: registration.Publisher) -> object:
+        return await accept_registration(
+            store, publish, session_id=session_id, data=BODY, idempotency_key_value="raced", status_ttl=3600
+        )
+
+    try:
+        first = asyncio.create_task(accept(failing))
+        await first_publishing.wait()
+        second_id = await accept(publishing)
+        let_it_fail.set()
+        with pytest.raises(ServiceUnavailable):
+            await first
+    finally:
+        celery.close()
+        await store.close()
+    status = await wait_done(customer, f"/packages/status/{second_id}/")
+    assert status["state"] == "registered", status
+    rows = await packages_by_registration(maker)
+    assert [str(r) for r in rows] == [str(second_id)]
+
+
+async def test_recovery_leaves_jobs_waiting_in_the_queue_alone(
+    stack: Stack, customer: httpx.AsyncClient
+) -> None:
+    """Under a backlog (no worker here), pending registrations are old but their jobs are queued: recovery
+    must not publish duplicates of them, which would multiply with every run."""
+    stack.stop_shared_worker()
+    session_id = await open_session(customer)
+    store = create_store(stack.settings)
+    celery = create_celery(stack.settings)
+
+    async def publish(job: RegistrationJob) -> None:
+        await asyncio.to_thread(publish_registration, celery, job)
+
+    async def queued() -> int:
+        return await asyncio.to_thread(queued_registrations, celery)
+
+    try:
+        for _ in range(5):
+            await accept_registration(
+                store, publish, session_id=session_id, data=BODY, idempotency_key_value=None, status_ttl=3600
+            )
+        assert await queued() == 5
+        assert await registration.recover_pending(store, publish, queued, older_than=0) == 0
+        assert await queued() == 5
+    finally:
+        celery.close()
+        await store.close()
+
+
+async def test_a_job_retrying_is_not_taken_for_lost(stack: Stack) -> None:
+    """A job marks its registration alive until its next attempt is due: recovery leaves it alone."""
+    store = create_store(stack.settings)
+    sent: list[RegistrationJob] = []
+
+    async def publish(job: RegistrationJob) -> None:
+        sent.append(job)
+
+    async def queued() -> int:
+        return 0
+
+    job = RegistrationJob("retrying-registration", 1, "x", "1", 1, "1", time.time() - 3600)
+    record = StatusRecord(1, "pending", job=job.to_json())
+    try:
+        await store.put_pending(
+            status_key(job.registration_id),
+            record.dumps(),
+            ttl=60,
+            index=PENDING_INDEX,
+            member=job.registration_id,
+            score=job.accepted_at,
+        )
+        # What a batch does for a job it will try again in 30 s.
+        await store.index_touch(PENDING_INDEX, [job.registration_id], time.time() + 30)
+        assert await registration.recover_pending(store, publish, queued, older_than=10) == 0
+        assert sent == []
+    finally:
+        await store.close()
+
+
+async def test_a_job_that_can_never_succeed_fails_alone(
+    customer: httpx.AsyncClient, stack: Stack, worker: WorkerProcess, maker: Maker
+) -> None:
+    """A job whose data cannot be stored (here a weight that is not a number, as a corrupted message would
+    carry) ends `failed` with its reason, at once; the jobs of its batch are registered all the same."""
+    session_id = await open_session(customer)
+    store = create_store(stack.settings)
+    celery = create_celery(stack.settings)
+
+    async def hold(job: RegistrationJob) -> None:
+        return None
+
+    try:
+        ids = [
+            await accept_registration(
+                store, hold, session_id=session_id, data=BODY, idempotency_key_value=None, status_ttl=3600
+            )
+            for _ in range(4)
+        ]
+        for i, registration_id in enumerate(ids):
+            raw = await store.get(status_key(registration_id))
+            assert raw is not None
+            job = RegistrationJob.from_json(StatusRecord.loads(raw).job or {})
+            if i == 0:
+                job = RegistrationJob.from_json(job.to_json() | {"weight_kg": "not a number"})
+            await asyncio.to_thread(publish_registration, celery, job)
+    finally:
+        celery.close()
+        await store.close()
+    statuses = [await wait_done(customer, f"/packages/status/{i}/", limit=30) for i in ids]
+    assert statuses[0]["state"] == "failed" and statuses[0]["error"], statuses[0]
+    assert "InvalidOperation" in statuses[0]["error_message"]
+    assert [s["state"] for s in statuses[1:]] == ["registered"] * 3
+    rows = await packages_by_registration(maker)
+    assert len(rows) == 3
+    cost = expected_cost(BODY.weight_kg, BODY.content_value_usd, fixture_rate()[0])
+    assert {str(group[0].delivery_cost_rub) for group in rows.values()} == {cost}
+
+
+def test_the_thread_pool_is_refused_at_start(stack: Stack) -> None:
+    """Threads would share the process's one event loop: refused with a message, not run to lose jobs."""
+    command = [sys.executable, "-m", "celery", "-A", "delivery.worker", "worker", "--pool", "threads"]
+    result = subprocess.run(
+        command,
+        env=stack.env(),
+        cwd=stack.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "the thread pool is not supported" in result.stdout + result.stderr
