@@ -178,6 +178,7 @@ class AmqpPublisher:
         self._lock = asyncio.Lock()
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def publish(self, job: RegistrationJob) -> None:
         headers, body = task_message(job)
@@ -227,15 +228,24 @@ class AmqpPublisher:
             raise ConnectionError(f"no broker answered: {errors!r}")
 
     async def _drop(self) -> None:
+        """Forget the connection; it is closed in the background (a blocked broker would hold up the 503)."""
         connection, self._connection, self._exchange = self._connection, None, None
         if connection is not None:
-            try:
-                await asyncio.wait_for(connection.close(), timeout=1.0)
-            except BaseException as exc:  # the connection is gone either way
-                logger.debug("publisher connection closed with error=%r", exc)
+            task = asyncio.create_task(_close(connection))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         await self._drop()
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=2.0)
+
+
+async def _close(connection: aio_pika.abc.AbstractConnection) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), timeout=2.0)
+    except Exception as exc:  # the connection is gone either way
+        logger.debug("publisher connection closed with error=%r", exc)
 
 
 def _without_password(url: str) -> str:

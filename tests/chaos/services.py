@@ -84,6 +84,20 @@ def start_rabbitmq() -> None:
     _run(["rabbitmqctl", "-q", "await_startup", "--timeout", str(int(START_TIMEOUT))])
 
 
+#: RabbitMQ's default high watermark, a share of the machine's memory; the alarm sets one no node stays under.
+DEFAULT_WATERMARK = "0.4"
+ALARM_WATERMARK = "0.000001"
+
+
+def block_publishers() -> None:
+    """Raise RabbitMQ's memory alarm: the node blocks every connection that publishes, as when it runs out."""
+    _run(["rabbitmqctl", "-q", "set_vm_memory_high_watermark", ALARM_WATERMARK])
+
+
+def unblock_publishers() -> None:
+    _run(["rabbitmqctl", "-q", "set_vm_memory_high_watermark", DEFAULT_WATERMARK])
+
+
 def wait_broker_ready(url: str, timeout: float = START_TIMEOUT) -> None:
     """A restarted node opens its port before its vhosts take connections: wait for an AMQP handshake."""
     deadline = time.monotonic() + timeout
@@ -99,9 +113,11 @@ def wait_broker_ready(url: str, timeout: float = START_TIMEOUT) -> None:
 
 
 def ensure_all_up() -> None:
+    """Every service running and RabbitMQ taking publishes (no alarm left raised by a failed test)."""
     if not port_open(MARIADB_PORT):
         start_mariadb()
     if not port_open(REDIS_PORT):
         start_redis()
     if not port_open(RABBITMQ_PORT):
         start_rabbitmq()
+    unblock_publishers()

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from delivery.broker import PUBLISH_TIMEOUT
 from delivery.rates import FAILURE_TTL
 from tests.chaos import services
 from tests.chaos.burst import SIZE, Burst, open_sessions, send_burst
@@ -225,3 +226,40 @@ async def test_bank_failing_the_whole_burst(
         bank_requests_while_failing=failed_requests,
         priced_after_s=f"{priced_after:.1f}",
     )
+
+
+async def test_broker_blocking_publishers_is_503_within_the_publish_timeout(
+    stack: Stack, api: ApiProcess, worker: WorkerProcess, maker: Maker
+) -> None:
+    """RabbitMQ's memory alarm blocks publishers: a registration is answered 503 + Retry-After within the
+    publish timeout (not left hanging), and is accepted and registered once the alarm clears."""
+    (cookie,) = await open_sessions(api.url, 1)
+    payload = {"name": "Blocked", "weight_kg": "2.000", "type_id": 1, "content_value_usd": "10.00"}
+    async with httpx.AsyncClient(base_url=api.url, cookies={"session_id": cookie}, timeout=60) as client:
+        warm = await client.post("/packages/", json=payload)  # the publisher's connection is open
+        assert warm.status_code == 202, warm.text
+        services.block_publishers()
+        try:
+            started = time.monotonic()
+            blocked = await client.post("/packages/", json=payload, headers={"Idempotency-Key": "blocked"})
+            took = time.monotonic() - started
+        finally:
+            services.unblock_publishers()
+        print(f"\nchaos publishers blocked: answered {blocked.status_code} in {took:.2f}s")
+        assert blocked.status_code == 503, blocked.text
+        assert int(blocked.headers["Retry-After"]) > 0
+        assert took <= PUBLISH_TIMEOUT + 2.0
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        again = await client.post("/packages/", json=payload, headers={"Idempotency-Key": "blocked"})
+        assert again.status_code == 202, again.text
+        locations = [warm.headers["Location"], again.headers["Location"]]
+        for location in locations:
+            await wait_until(lambda loc=location: _registered(client, loc), 60, "registered after the alarm")
+    rows = await packages_by_registration(maker)
+    assert sorted(len(group) for group in rows.values()) == [1, 1]
+
+
+async def _registered(client: httpx.AsyncClient, location: str) -> bool:
+    response = await client.get(location)
+    return response.status_code == 200 and response.json()["state"] == "registered"
