@@ -72,10 +72,11 @@ async def _wait_for_job(client: httpx.AsyncClient, task_id: str, headers: dict[s
 ENDPOINTS: list[tuple[str, str, Json | None]] = [
     ("POST", "/packages/1/transport-company/", {"company_id": 7}),
     ("GET", "/admin/stats/daily-costs/?date=2025-06-26", None),
+    ("GET", "/admin/stats/daily-costs/?from=2025-06-01&to=2025-06-30", None),
     ("POST", "/admin/jobs/price-packages/", None),
     ("GET", f"/admin/jobs/{uuid.uuid4()}/", None),
 ]
-ENDPOINT_IDS = ["transport-company", "daily-costs", "price-packages", "job-state"]
+ENDPOINT_IDS = ["transport-company", "daily-costs", "daily-costs-range", "price-packages", "job-state"]
 
 
 @pytest.fixture
@@ -143,16 +144,17 @@ async def test_guard_comes_before_validation(client: httpx.AsyncClient) -> None:
     assert response.status_code == 401, response.text
     response = await client.get("/admin/stats/daily-costs/?date=yesterday")
     assert response.status_code == 401, response.text
+    response = await client.get("/admin/stats/daily-costs/?from=2025-06-27&to=2025-06-26")
+    assert response.status_code == 401, response.text
 
 
 async def test_right_token_passes_the_guard(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
     """The control for the tests above: the same calls with the token get past the guard."""
     response = await _call(client, ENDPOINTS[0], admin_headers)
     assert response.status_code == 404, response.text  # no package 1 in an empty database
-    response = await _call(client, ENDPOINTS[1], admin_headers)
-    assert response.status_code == 200, response.text
-    response = await _call(client, ENDPOINTS[3], admin_headers)
-    assert response.status_code == 200, response.text
+    for endpoint in (ENDPOINTS[1], ENDPOINTS[2], ENDPOINTS[4]):  # the daily totals, the range, a job's state
+        response = await _call(client, endpoint, admin_headers)
+        assert response.status_code == 200, response.text
 
 
 async def test_paths_without_the_slash(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:

@@ -130,6 +130,20 @@ class DailyCosts(Schema):
     totals: list[DailyTypeTotal]
 
 
+#: The most days one answer of the daily totals spans (both ends included): a leap year.
+MAX_RANGE_DAYS = 366
+
+
+class DailyCostsRange(Schema):
+    """Every day of a range, in order, each with every type (zeros included)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: date = Field(alias="from", examples=["2025-06-01"])
+    end: date = Field(alias="to", examples=["2025-06-30"])
+    days: list[DailyCosts]
+
+
 class JobAccepted(Schema):
     task_id: str
 

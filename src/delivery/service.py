@@ -353,6 +353,32 @@ async def daily_costs(db: AsyncSession, day: date) -> list[tuple[PackageType, in
     ]
 
 
+DailyTotals = list[tuple[PackageType, int, Decimal]]
+
+
+async def daily_costs_range(db: AsyncSession, start: date, end: date) -> list[tuple[date, DailyTotals]]:
+    """`daily_costs` for every day from `start` to `end` (both included), from one statement.
+
+    Every type comes back at least once (the outer join), so a day without a calculation still lists every
+    type, at zero; the sums are the running totals' exact decimals.
+    """
+    in_range = (DailyCostTotal.type_id == PackageType.id) & DailyCostTotal.day.between(start, end)
+    stmt = (
+        select(PackageType, DailyCostTotal.day, DailyCostTotal.packages, DailyCostTotal.total_cost_rub)
+        .outerjoin(DailyCostTotal, in_range)
+        .order_by(PackageType.id)
+    )
+    types: dict[int, PackageType] = {}
+    kept: dict[tuple[date, int], tuple[int, Decimal]] = {}
+    for ptype, day, count, total in (await db.execute(stmt)).all():
+        types.setdefault(ptype.id, ptype)
+        if day is not None:
+            kept[day, ptype.id] = (count, total)
+    zero = (0, Decimal("0.00"))
+    days = (start + timedelta(days=n) for n in range((end - start).days + 1))
+    return [(day, [(t, *kept.get((day, t.id), zero)) for t in types.values()]) for day in days]
+
+
 async def count_awaiting_cost(db: AsyncSession) -> int:
     return (
         await db.execute(select(func.count()).select_from(Package).where(Package.has_cost == false()))
