@@ -144,6 +144,19 @@ class DailyCostsRange(Schema):
     days: list[DailyCosts]
 
 
+class Backlog(Schema):
+    """What is still waiting: packages without a cost, registrations not yet done, and the last pricing."""
+
+    packages_without_cost: int = Field(examples=[3])
+    registrations_pending: int = Field(
+        examples=[0], description="counted up to a cap; `registrations_pending_exact` is false beyond it"
+    )
+    registrations_pending_exact: bool
+    last_cost_calculated_at: datetime | None = Field(
+        description="when a cost was last calculated, at registration or by a pricing run; null: never"
+    )
+
+
 class JobAccepted(Schema):
     task_id: str
 

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -21,8 +22,15 @@ from sqlalchemy.orm import joinedload
 from delivery import metrics
 from delivery.db import utcnow
 from delivery.errors import NotFound, ServiceUnavailable, TransportCompanyConflict
-from delivery.models import ClientSession, DailyCostTotal, Package, PackageCount, PackageType
-from delivery.schemas import MAX_BIGINT, PackageCreate, RegistrationState
+from delivery.models import (
+    ClientSession,
+    CostCalculation,
+    DailyCostTotal,
+    Package,
+    PackageCount,
+    PackageType,
+)
+from delivery.schemas import MAX_BIGINT, Backlog, PackageCreate, RegistrationState
 from delivery.store import Store, delete_unindexed, set_indexed
 
 logger = logging.getLogger(__name__)
@@ -377,6 +385,22 @@ async def daily_costs_range(db: AsyncSession, start: date, end: date) -> list[tu
     zero = (0, Decimal("0.00"))
     days = (start + timedelta(days=n) for n in range((end - start).days + 1))
     return [(day, [(t, *kept.get((day, t.id), zero)) for t in types.values()]) for day in days]
+
+
+#: Pending registrations are counted by listing them: beyond this many the backlog says "at least".
+PENDING_COUNT_CAP = 10_000
+
+
+async def backlog(db: AsyncSession, store: Store) -> Backlog:
+    """The operators' backlog: exact counts from the database and the store's index of pending
+    registrations (up to `PENDING_COUNT_CAP`), and the last cost calculation from the cost log."""
+    pending = await store.index_below(PENDING_INDEX, math.inf, PENDING_COUNT_CAP + 1)
+    return Backlog(
+        packages_without_cost=await count_awaiting_cost(db),
+        registrations_pending=min(len(pending), PENDING_COUNT_CAP),
+        registrations_pending_exact=len(pending) <= PENDING_COUNT_CAP,
+        last_cost_calculated_at=await db.scalar(select(func.max(CostCalculation.calculated_at))),
+    )
 
 
 async def count_awaiting_cost(db: AsyncSession) -> int:

@@ -12,6 +12,7 @@ from delivery.api.responses import ADMIN, CONFLICT, NOT_FOUND
 from delivery.api.routing import DecimalRoute
 from delivery.schemas import (
     MAX_RANGE_DAYS,
+    Backlog,
     DailyCosts,
     DailyCostsRange,
     DailyTypeTotal,
@@ -88,6 +89,12 @@ def _invalid(
 ) -> RequestValidationError:
     # The shape of FastAPI's own 422, so a client reads every refusal of a parameter the same way.
     return RequestValidationError([{"type": kind, "loc": ("query", field), "msg": message, "input": value}])
+
+
+@router.get("/admin/stats/backlog/")
+async def backlog(db: DbSession, resources: ResourcesDep) -> Backlog:
+    """Packages without a cost, registrations still pending, and when a cost was last calculated."""
+    return await service.backlog(db, resources.store)
 
 
 @router.post("/admin/jobs/price-packages/", status_code=202)
