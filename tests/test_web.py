@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
+import httpx
 import pytest
 import uvicorn
 from playwright.async_api import (
@@ -469,3 +470,51 @@ async def test_phone_layout(
         await expect(phone.get_by_role("dialog")).to_contain_text(f"{shown('999999999.99')} $")
         await no_horizontal_scroll(phone, PHONE["width"])
         await screenshot(phone, f"web-phone-detail-{stack.name}.png", full_page=False)
+
+
+async def test_the_forms_rules_are_the_apis(stack: Stack, customer: httpx.AsyncClient) -> None:
+    """The page checks with the bounds the app serves: each is exactly where the API starts refusing."""
+    response = await customer.get("/web/package-rules.json")
+    assert response.status_code == 200
+    rules = response.json()
+    weight, value, name = rules["weight_kg"], rules["content_value_usd"], rules["name"]
+    assert (weight["gt"], weight["le"], weight["decimal_places"]) == ("0", "1000", 3)
+    assert (value["ge"], value["le"], value["decimal_places"]) == ("0", "1000000000", 2)
+
+    def unit(places: int) -> Decimal:
+        return Decimal(1).scaleb(-places)
+
+    w_unit, v_unit = unit(weight["decimal_places"]), unit(value["decimal_places"])
+    accepted = [
+        {"weight_kg": weight["le"], "content_value_usd": value["le"], "name": "я" * name["max_length"]},
+        {"weight_kg": str(Decimal(weight["gt"]) + w_unit), "content_value_usd": value["ge"]},
+    ]
+    refused = [
+        ({"weight_kg": weight["gt"]}, "weight_kg"),
+        ({"weight_kg": str(Decimal(weight["le"]) + w_unit)}, "weight_kg"),
+        ({"weight_kg": str(Decimal("1") + w_unit / 10)}, "weight_kg"),
+        ({"content_value_usd": str(Decimal(value["ge"]) - v_unit)}, "content_value_usd"),
+        ({"content_value_usd": str(Decimal(value["le"]) + v_unit)}, "content_value_usd"),
+        ({"content_value_usd": str(Decimal("1") + v_unit / 10)}, "content_value_usd"),
+        ({"name": "я" * (name["max_length"] + 1)}, "name"),
+        ({"name": " " * name["min_length"]}, "name"),
+    ]
+    base = {"name": "Книги", "weight_kg": "1", "type_id": 1, "content_value_usd": "10"}
+    for change in accepted:
+        answer = await customer.post("/packages/", json=base | change)
+        assert answer.status_code == 202, (change, answer.text)
+    for change, field in refused:
+        answer = await customer.post("/packages/", json=base | change)
+        assert answer.status_code == 422, (change, answer.text)
+        assert [error["loc"] for error in answer.json()["detail"]] == [["body", field]], change
+
+
+async def test_pages_are_served(client: httpx.AsyncClient) -> None:
+    for path, title in (("/", "Доставка посылок"),):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith("text/html")
+        assert f"<title>{title}" in response.text
+    module = await client.get("/static/js/lib/decimal.js")
+    assert module.status_code == 200
+    assert module.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript")
