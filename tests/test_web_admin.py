@@ -162,7 +162,7 @@ async def test_chart_and_table_agree_with_the_endpoint(
         await expect(tooltip).to_contain_text(f"Электроника: {shown(busy_total)} ₽, 1 посылка")
         await expect(focused).to_have_attribute("aria-label", re.compile(re.escape(shown(busy_total))))
         await expect(page.locator("#legend li")).to_have_text(["Одежда", "Электроника", "Разное"])
-        await screenshot(page, f"admin-desktop-{stack.name}.png")
+        await screenshot(page, f"admin-tooltip-{stack.name}.png", full_page=False)
 
         # Another range, typed in: 50 days reach the old calculation; the footer sums the whole range.
         wide_start = now - timedelta(days=49)
@@ -276,3 +276,15 @@ async def test_keyboard_alone_at_phone_and_desktop_width(
         expected_stops = ["range-from", "range-to", now.isoformat(), "job-run", "bind-package", "bind-submit"]
         for stop in expected_stops:
             assert stop in reached, (stop, reached)
+
+        # The chart from the keyboard: its one stop is the newest day; the arrows go back in time.
+        await page.locator("#chart g.day[tabindex='0']").focus()
+        for _ in range(3):
+            await page.keyboard.press("ArrowLeft")
+        day = (now - timedelta(days=3)).isoformat()
+        await expect(page.locator(f'#chart g.day[data-date="{day}"]')).to_be_focused()
+        await expect(page.locator("#chart .tooltip")).to_contain_text(
+            f"Электроника: {shown(expected_cost('1.5', '300', RATE.usd_rub))} ₽, 1 посылка"
+        )
+        await no_horizontal_scroll(page, viewport["width"])
+        await screenshot(page, f"admin-{name}-{stack.name}.png", full_page=viewport is PHONE)
