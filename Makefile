@@ -14,6 +14,7 @@ run: .venv/.synced migrate
 		$(BIN)/honcho start --procfile Procfile --port "$${PORT:-8000}"
 
 test: lint
+	node --test tests/js/*.test.js
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Faults during bursts of 1,000 registrations: restarts this machine's MariaDB, Redis and RabbitMQ (serial).

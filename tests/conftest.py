@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.async_api import Browser
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from delivery.config import Settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.models import ClientSession, CostCalculation, DailyCostTotal, Package, PackageType
+from tests.browser import LiveServer, launch_chromium
 from tests.factories import app_client
 from tests.fakebank import FakeBank
 from tests.stack import (
@@ -204,3 +206,19 @@ def beat(stack: Stack, tmp_path: Path) -> Iterator[Path]:
         # The last run it sent expires after one period (1 s) unless the worker ran it at once: let it go by,
         # so that it does not fill the next test's rate cache.
         time.sleep(1.5)
+
+
+# --- the browser tests' ---
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    server = LiveServer(settings).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch_chromium() as launched:
+        yield launched

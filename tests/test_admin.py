@@ -5,6 +5,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -15,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.api import create_app
 from delivery.config import Settings
+from delivery.jobs import price_pending
 from delivery.models import ClientSession, CostCalculation, Package
+from delivery.rates import Rate
 from delivery.service import hash_token
 from tests.factories import add_session, add_unpriced_packages
 from tests.fakebank import FakeBank
@@ -72,10 +75,19 @@ async def _wait_for_job(client: httpx.AsyncClient, task_id: str, headers: dict[s
 ENDPOINTS: list[tuple[str, str, Json | None]] = [
     ("POST", "/packages/1/transport-company/", {"company_id": 7}),
     ("GET", "/admin/stats/daily-costs/?date=2025-06-26", None),
+    ("GET", "/admin/stats/daily-costs/?from=2025-06-01&to=2025-06-30", None),
+    ("GET", "/admin/stats/backlog/", None),
     ("POST", "/admin/jobs/price-packages/", None),
     ("GET", f"/admin/jobs/{uuid.uuid4()}/", None),
 ]
-ENDPOINT_IDS = ["transport-company", "daily-costs", "price-packages", "job-state"]
+ENDPOINT_IDS = [
+    "transport-company",
+    "daily-costs",
+    "daily-costs-range",
+    "backlog",
+    "price-packages",
+    "job-state",
+]
 
 
 @pytest.fixture
@@ -143,16 +155,22 @@ async def test_guard_comes_before_validation(client: httpx.AsyncClient) -> None:
     assert response.status_code == 401, response.text
     response = await client.get("/admin/stats/daily-costs/?date=yesterday")
     assert response.status_code == 401, response.text
+    response = await client.get("/admin/stats/daily-costs/?from=2025-06-27&to=2025-06-26")
+    assert response.status_code == 401, response.text
 
 
 async def test_right_token_passes_the_guard(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
     """The control for the tests above: the same calls with the token get past the guard."""
     response = await _call(client, ENDPOINTS[0], admin_headers)
     assert response.status_code == 404, response.text  # no package 1 in an empty database
-    response = await _call(client, ENDPOINTS[1], admin_headers)
-    assert response.status_code == 200, response.text
-    response = await _call(client, ENDPOINTS[3], admin_headers)
-    assert response.status_code == 200, response.text
+    for endpoint in (
+        ENDPOINTS[1],
+        ENDPOINTS[2],
+        ENDPOINTS[3],
+        ENDPOINTS[5],
+    ):  # all but the binding and the job
+        response = await _call(client, endpoint, admin_headers)
+        assert response.status_code == 200, response.text
 
 
 async def test_paths_without_the_slash(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
@@ -355,3 +373,43 @@ async def test_price_job_with_the_bank_down_fails_visibly(
     assert [packages[pid].delivery_cost_rub for pid in ids] == [None, None]
     async with maker() as db:
         assert (await db.scalars(select(CostCalculation))).all() == []
+
+
+# --- the backlog ---
+
+
+async def _backlog(client: httpx.AsyncClient, headers: dict[str, str]) -> Json:
+    response = await client.get("/admin/stats/backlog/", headers=headers)
+    assert response.status_code == 200, response.text
+    body: Json = response.json()
+    return body
+
+
+async def test_backlog_counts_what_waits(
+    customer: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker, stack: Stack
+) -> None:
+    stack.stop_shared_worker()  # so that the registrations below stay pending
+    assert await _backlog(customer, admin_headers) == {
+        "packages_without_cost": 0,
+        "registrations_pending": 0,
+        "registrations_pending_exact": True,
+        "last_cost_calculated_at": None,
+    }
+    session_id = (await add_session(maker))[0]
+    await add_unpriced_packages(maker, session_id, [(1, "1", "1"), (2, "2", "2"), (3, "3", "3")])
+    # Accepted, with no worker to take them: pending until one does.
+    body = {"name": "Winter jacket", "weight_kg": "1.25", "type_id": 1, "content_value_usd": "120"}
+    for _ in range(2):
+        assert (await customer.post("/packages/", json=body)).status_code == 202
+
+    answer = await _backlog(customer, admin_headers)
+    assert answer["packages_without_cost"] == 3
+    assert answer["registrations_pending"] == 2
+    assert answer["registrations_pending_exact"] is True
+    assert answer["last_cost_calculated_at"] is None
+
+    priced_at = datetime(2025, 6, 26, 10, 15, 30, tzinfo=UTC)
+    assert await price_pending(maker, Rate(FIXTURE_USD_RUB, priced_at.date()), clock=lambda: priced_at) == 3
+    answer = await _backlog(customer, admin_headers)
+    assert answer["packages_without_cost"] == 0
+    assert datetime.fromisoformat(answer["last_cost_calculated_at"]) == priced_at

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.jobs import create_package, price_pending
@@ -353,3 +353,104 @@ async def test_each_calculation_is_logged(maker: Maker) -> None:
         assert row.rate_date == rate.date == package.rate_date
         assert row.calculated_at == moment
     assert packages[registered_id].created_at == registered_at
+
+
+# --- a range of days: GET /admin/stats/daily-costs/?from=&to= ---
+
+
+async def daily_range(
+    client: httpx.AsyncClient, headers: dict[str, str], start: date | str, end: date | str
+) -> Json:
+    response = await client.get(
+        "/admin/stats/daily-costs/", params={"from": str(start), "to": str(end)}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    body: Json = response.json()
+    return body
+
+
+async def test_range_lists_every_day_with_the_days_totals(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
+) -> None:
+    session_id = (await add_session(maker))[0]
+    await add_unpriced_packages(maker, session_id, DAY1_SPECS)
+    await price_pending(maker, RATE1, clock=fixed(at(DAY1, 23, 59, 59, 999999)))
+    await add_unpriced_packages(maker, session_id, DAY2_SPECS)
+    await price_pending(maker, RATE2, clock=fixed(at(DAY2, 0)))
+    log = await cost_log(maker)
+    start, end = DAY1 - timedelta(days=2), DAY2 + timedelta(days=1)
+
+    answer = await daily_range(client, admin_headers, start, end)
+
+    days = [start + timedelta(days=n) for n in range(5)]
+    assert answer == {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "days": [expected(day, from_log(log, day)) for day in days],
+    }
+    # Each day reads the same as the single-day answer, to the kopeck.
+    for day, entry in zip(days, answer["days"], strict=True):
+        assert entry == await daily(client, admin_headers, day)
+    assert answer["days"][3]["totals"][1]["total_cost_rub"] == "1624772592.32"
+
+
+async def test_range_of_one_day_and_of_a_leap_year(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker
+) -> None:
+    session_id = (await add_session(maker))[0]
+    await add_unpriced_packages(maker, session_id, [(3, "1", "1")])
+    await price_pending(maker, RATE1, clock=fixed(at(date(2024, 12, 31), 20)))
+
+    one = await daily_range(client, admin_headers, "2024-02-29", "2024-02-29")
+    assert one["days"] == [await daily(client, admin_headers, "2024-02-29")]
+
+    year = await daily_range(client, admin_headers, "2024-01-01", "2024-12-31")
+    assert len(year["days"]) == 366
+    assert [entry["date"] for entry in year["days"]][58:61] == ["2024-02-28", "2024-02-29", "2024-03-01"]
+    assert all(len(entry["totals"]) == len(TYPES) for entry in year["days"])
+    counted = [
+        (entry["date"], t["type"]["id"]) for entry in year["days"] for t in entry["totals"] if t["packages"]
+    ]
+    assert counted == [("2024-12-31", 3)]
+    assert year["days"][-1]["totals"][2]["total_cost_rub"] == f"{cost('1', '1', RATE1.usd_rub):.2f}"
+
+
+async def test_range_reads_the_totals_in_one_statement(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """However long the range, one statement reads the running totals (none per day)."""
+    engine = client.app.state.resources.engine.sync_engine  # type: ignore[attr-defined]
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        await daily_range(client, admin_headers, "2025-01-01", "2025-12-31")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(statements) == 1, statements
+    assert "daily_cost_totals" in statements[0]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"from": "2025-06-27", "to": "2025-06-26"}, "to"),  # backwards
+        ({"from": "2024-01-01", "to": "2025-01-01"}, "to"),  # 367 days
+        ({"from": "2025-06-26"}, "to"),
+        ({"to": "2025-06-26"}, "from"),
+        ({"date": "2025-06-26", "from": "2025-06-26", "to": "2025-06-27"}, "date"),
+        ({"date": "2025-06-26", "to": "2025-06-27"}, "date"),
+        ({"from": "2025-06-31", "to": "2025-07-01"}, "from"),
+        ({"from": "2025-06-01", "to": "2025-06-30T00:00:00"}, "to"),
+        ({}, "date"),
+    ],
+)
+async def test_bad_range_is_422_naming_the_field(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], params: dict[str, str], field: str
+) -> None:
+    response = await client.get("/admin/stats/daily-costs/", params=params, headers=admin_headers)
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", field]], response.text

@@ -1,11 +1,14 @@
 """The deployment files agree with the code: compose's services and commands, the env templates, the image."""
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from delivery import metrics
 from delivery.broker import PRICING_QUEUE, REGISTRATION_QUEUE
 from delivery.config import Settings
 
@@ -24,7 +27,8 @@ def _env_keys(path: Path) -> set[str]:
 
 def test_compose_has_the_whole_service() -> None:
     services = _compose()["services"]
-    assert set(services) == {"mysql", "redis", "rabbitmq", "migrate", "api", "worker", "beat"}
+    always = {name for name, service in services.items() if not service.get("profiles")}
+    assert always == {"mysql", "redis", "rabbitmq", "migrate", "api", "worker", "beat"}
     for name in ("mysql", "redis", "rabbitmq", "api"):
         assert services[name]["healthcheck"]["test"], f"{name} has a health check"
     assert services["mysql"]["image"].startswith("mysql:8")
@@ -86,3 +90,124 @@ def test_image_is_multi_stage_and_runs_unprivileged() -> None:
     assert re.search(r"^USER (?!root)\S+", final, flags=re.MULTILINE)
     assert "uv sync" not in final and "apt-get" not in final
     assert "--frozen" in dockerfile
+
+
+# --- monitoring: Prometheus and Grafana (compose profile `monitoring`) ---
+
+DASHBOARD = ROOT / "deploy/grafana/dashboards/delivery.json"
+#: The samples each metric type exposes, by suffix of the family's name.
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+    "unknown": ("",),
+}
+#: What a PromQL expression holds besides metric names, once strings, label matchers, durations and the
+#: label lists of by/without/on/ignoring are taken out (a name followed by "(" is a function).
+PROMQL_WORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+}
+
+
+def exported_names() -> set[str]:
+    """Every sample name /metrics can export: the registry's families (even those with no sample yet, such
+    as a labelled counter never incremented) and the scrape-time gauge, with their types' suffixes."""
+    body, _ = metrics.render(awaiting_cost=0)
+    names: set[str] = set()
+    for family in text_string_to_metric_families(body.decode()):
+        names.update(family.name + suffix for suffix in SUFFIXES[family.type])
+    return names
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        following = expr[match.end() :].lstrip()
+        if following.startswith("(") or match.group() in PROMQL_WORDS:
+            continue  # a function or an aggregation
+        if match.start() > 0 and (expr[match.start() - 1].isdigit() or expr[match.start() - 1] == "."):
+            continue  # the exponent of a number, as in 1e3
+        names.add(match.group())
+    return names
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def test_promql_names_are_read_as_metric_names() -> None:
+    """The control for the test below: the parser finds the metrics and nothing else."""
+    expr = (
+        'histogram_quantile(0.99, sum by (route, le) (rate(a_seconds_bucket{status=~"5.."}[5m]))) '
+        "/ ignoring(x) sum without (le) (b_total offset 1h) and on(job) c > bool 1e3 or vector(0)"
+    )
+    assert promql_metric_names(expr) == {"a_seconds_bucket", "b_total", "c"}
+
+
+def test_every_metric_the_dashboard_queries_is_exported() -> None:
+    exprs = dashboard_exprs()
+    queried = set().union(*(promql_metric_names(expr) for expr in exprs))
+    unknown = queried - exported_names()
+    assert not unknown, f"the dashboard queries metrics /metrics does not export: {sorted(unknown)}"
+    # And it covers what the service exports (the default process metrics aside).
+    ours = {name.removesuffix("_created") for name in exported_names() if name.startswith("delivery_")}
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in ours}
+    shown = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in queried}
+    assert families <= shown, f"not on the dashboard: {sorted(families - shown)}"
+
+
+def test_dashboard_is_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    datasources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    uids = {source["uid"] for source in datasources["datasources"]}
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+
+
+def test_prometheus_scrapes_the_api_and_grafana_is_provisioned() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["api:8000"]
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/delivery.yml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+
+    services = _compose()["services"]
+    monitoring = {name for name, service in services.items() if "monitoring" in service.get("profiles", [])}
+    assert monitoring == {"prometheus", "grafana"}
+    mounts = {volume.split(":")[0]: volume.split(":")[1] for volume in services["grafana"]["volumes"]}
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    prometheus_mounts = [v.split(":")[:2] for v in services["prometheus"]["volumes"]]
+    assert ["./deploy/prometheus/prometheus.yml", "/etc/prometheus/prometheus.yml"] in prometheus_mounts
+    for mount in (*mounts, "./deploy/prometheus/prometheus.yml"):
+        if mount.startswith("./"):
+            assert (ROOT / mount).exists(), mount

@@ -18,6 +18,7 @@ CONTRACT: dict[tuple[str, str], tuple[str, set[str]]] = {
         {"401", "403", "404", "409", "422", "503"},
     ),
     ("get", "/admin/stats/daily-costs/"): ("200", {"401", "403", "422", "503"}),
+    ("get", "/admin/stats/backlog/"): ("200", {"401", "403", "503"}),
     ("post", "/admin/jobs/price-packages/"): ("202", {"401", "403", "503"}),
     ("get", "/admin/jobs/{task_id}/"): ("200", {"401", "403", "503"}),
     ("get", "/healthz"): ("200", set()),

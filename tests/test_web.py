@@ -5,17 +5,13 @@
 The browser talks only to the public API, as a customer's would. Screenshots go to `test-artifacts/`.
 """
 
-import asyncio
 import re
-import socket
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
+import httpx
 import pytest
-import uvicorn
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -23,124 +19,36 @@ from playwright.async_api import (
     Page,
     Request,
     Route,
-    async_playwright,
     expect,
 )
 from sqlalchemy import delete, select
 
-from delivery.api import create_app
-from delivery.config import Settings
 from delivery.models import ClientSession, PackageType
 from delivery.service import hash_token
+from tests.browser import (
+    DESKTOP,
+    PHONE,
+    LiveServer,
+    new_page,
+    no_horizontal_scroll,
+    screenshot,
+    shown,
+)
 from tests.factories import COOKIE, Maker, add_package, add_packages
 from tests.fakebank import FakeBank
 from tests.helpers import expected_cost, fixture_rate
-from tests.stack import ROOT, Stack, WorkerProcess
+from tests.stack import Stack, WorkerProcess
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = ROOT / "test-artifacts"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 812}
 #: A moment with a calm bank; without one, RATE_RETRY_WINDOW and the job's retries plus the polling backoff.
 REGISTERED_TIMEOUT_MS = 40_000
-GROUP = "\u202f"
-
-
-def shown(amount: str) -> str:
-    """An API decimal as the page shows it: thousands grouped, a decimal comma."""
-    whole, _, fraction = amount.partition(".")
-    grouped = f"{int(whole):,}".replace(",", GROUP)
-    return f"{grouped},{fraction}" if fraction else grouped
-
-
-class LiveServer:
-    """The app served by uvicorn on a loopback port, on an event loop of its own in a thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(("127.0.0.1", 0))
-        port = self.socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        # A fresh app per test: nothing it caches (such as the known type ids) leaks between tests.
-        config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self._run, name="live-server", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self.socket]))
-
-    def start(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the live server did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        self.socket.close()
-
-
-@pytest.fixture
-def live_server(settings: Settings) -> Iterator[LiveServer]:
-    server = LiveServer(settings).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        await launched.close()
 
 
 @asynccontextmanager
 async def open_page(browser: Browser, server: LiveServer, viewport: dict[str, int]) -> AsyncIterator[Page]:
-    """A fresh customer (a new browser context) on the page, once it has loaded; fails on any script error."""
-    context = await browser.new_context(
-        base_url=server.url,
-        viewport={"width": viewport["width"], "height": viewport["height"]},
-        locale="ru-RU",
-        timezone_id="Europe/Moscow",
-    )
-    page = await context.new_page()
-    page.set_default_timeout(10_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    # Failed requests (a 401 before the session, a 422, a 503) are logged by the browser itself; ignore them.
-    page.on(
-        "console",
-        lambda message: (
-            errors.append(message.text)
-            if message.type == "error" and not message.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    try:
-        await page.goto("/")
+    """A fresh customer on the page, once it has loaded; fails on any script error."""
+    async with new_page(browser, server, viewport, "/") as page:
         await loaded(page)
         yield page
-    finally:
-        await context.close()
-    assert not errors, errors
 
 
 @pytest.fixture
@@ -198,17 +106,6 @@ async def session_id_of(context: BrowserContext, maker: Maker) -> int:
         )
     assert session_id is not None
     return session_id
-
-
-async def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
-    """Saved under test-artifacts/ (git-ignored); a modal dialog is shot as the screen shows it."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=ARTIFACTS / name, full_page=full_page)
-
-
-async def no_horizontal_scroll(page: Page, width: int) -> None:
-    scroll_width = await page.evaluate("document.documentElement.scrollWidth")
-    assert scroll_width <= width, f"the page scrolls sideways: {scroll_width}px > {width}px"
 
 
 def count_posts(page: Page) -> list[str]:
@@ -469,3 +366,53 @@ async def test_phone_layout(
         await expect(phone.get_by_role("dialog")).to_contain_text(f"{shown('999999999.99')} $")
         await no_horizontal_scroll(phone, PHONE["width"])
         await screenshot(phone, f"web-phone-detail-{stack.name}.png", full_page=False)
+
+
+async def test_the_forms_rules_are_the_apis(stack: Stack, customer: httpx.AsyncClient) -> None:
+    """The page checks with the bounds the app serves: each is exactly where the API starts refusing."""
+    response = await customer.get("/web/package-rules.json")
+    assert response.status_code == 200
+    rules = response.json()
+    weight, value, name = rules["weight_kg"], rules["content_value_usd"], rules["name"]
+    assert (weight["gt"], weight["le"], weight["decimal_places"]) == ("0", "1000", 3)
+    assert (value["ge"], value["le"], value["decimal_places"]) == ("0", "1000000000", 2)
+
+    def unit(places: int) -> Decimal:
+        return Decimal(1).scaleb(-places)
+
+    w_unit, v_unit = unit(weight["decimal_places"]), unit(value["decimal_places"])
+    accepted = [
+        {"weight_kg": weight["le"], "content_value_usd": value["le"], "name": "я" * name["max_length"]},
+        {"weight_kg": str(Decimal(weight["gt"]) + w_unit), "content_value_usd": value["ge"]},
+    ]
+    refused = [
+        ({"weight_kg": weight["gt"]}, "weight_kg"),
+        ({"weight_kg": str(Decimal(weight["le"]) + w_unit)}, "weight_kg"),
+        ({"weight_kg": str(Decimal("1") + w_unit / 10)}, "weight_kg"),
+        ({"content_value_usd": str(Decimal(value["ge"]) - v_unit)}, "content_value_usd"),
+        ({"content_value_usd": str(Decimal(value["le"]) + v_unit)}, "content_value_usd"),
+        ({"content_value_usd": str(Decimal("1") + v_unit / 10)}, "content_value_usd"),
+        ({"name": "я" * (name["max_length"] + 1)}, "name"),
+        ({"name": " " * name["min_length"]}, "name"),
+    ]
+    base = {"name": "Книги", "weight_kg": "1", "type_id": 1, "content_value_usd": "10"}
+    for change in accepted:
+        answer = await customer.post("/packages/", json=base | change)
+        assert answer.status_code == 202, (change, answer.text)
+    for change, field in refused:
+        answer = await customer.post("/packages/", json=base | change)
+        assert answer.status_code == 422, (change, answer.text)
+        assert [error["loc"] for error in answer.json()["detail"]] == [["body", field]], change
+
+
+async def test_pages_are_served(client: httpx.AsyncClient) -> None:
+    for path, title in (("/", "Доставка посылок"), ("/admin/", "Консоль оператора")):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith("text/html")
+        assert f"<title>{title}" in response.text
+    response = await client.get("/admin", follow_redirects=True)
+    assert response.status_code == 200
+    module = await client.get("/static/js/lib/decimal.js")
+    assert module.status_code == 200
+    assert module.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript")

@@ -130,6 +130,33 @@ class DailyCosts(Schema):
     totals: list[DailyTypeTotal]
 
 
+#: The most days one answer of the daily totals spans (both ends included): a leap year.
+MAX_RANGE_DAYS = 366
+
+
+class DailyCostsRange(Schema):
+    """Every day of a range, in order, each with every type (zeros included)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    start: date = Field(alias="from", examples=["2025-06-01"])
+    end: date = Field(alias="to", examples=["2025-06-30"])
+    days: list[DailyCosts]
+
+
+class Backlog(Schema):
+    """What is still waiting: packages without a cost, registrations not yet done, and the last pricing."""
+
+    packages_without_cost: int = Field(examples=[3])
+    registrations_pending: int = Field(
+        examples=[0], description="counted up to a cap; `registrations_pending_exact` is false beyond it"
+    )
+    registrations_pending_exact: bool
+    last_cost_calculated_at: datetime | None = Field(
+        description="when a cost was last calculated, at registration or by a pricing run; null: never"
+    )
+
+
 class JobAccepted(Schema):
     task_id: str
 

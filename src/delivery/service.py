@@ -5,6 +5,7 @@ Accepting a registration and reading its status live in `delivery.registration`.
 import functools
 import hashlib
 import logging
+import math
 import secrets
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -18,8 +19,17 @@ from sqlalchemy.orm import joinedload
 
 from delivery.db import utcnow
 from delivery.errors import NotFound, TransportCompanyConflict
-from delivery.models import ClientSession, DailyCostTotal, Package, PackageCount, PackageType
-from delivery.schemas import MAX_BIGINT
+from delivery.models import (
+    ClientSession,
+    CostCalculation,
+    DailyCostTotal,
+    Package,
+    PackageCount,
+    PackageType,
+)
+from delivery.registration import PENDING_INDEX
+from delivery.schemas import MAX_BIGINT, Backlog
+from delivery.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +210,48 @@ async def daily_costs(db: AsyncSession, day: date) -> list[tuple[PackageType, in
         (ptype, count or 0, total or Decimal("0.00"))
         for ptype, count, total in (await db.execute(stmt)).all()
     ]
+
+
+DailyTotals = list[tuple[PackageType, int, Decimal]]
+
+
+async def daily_costs_range(db: AsyncSession, start: date, end: date) -> list[tuple[date, DailyTotals]]:
+    """`daily_costs` for every day from `start` to `end` (both included), from one statement.
+
+    Every type comes back at least once (the outer join), so a day without a calculation still lists every
+    type, at zero; the sums are the running totals' exact decimals.
+    """
+    in_range = (DailyCostTotal.type_id == PackageType.id) & DailyCostTotal.day.between(start, end)
+    stmt = (
+        select(PackageType, DailyCostTotal.day, DailyCostTotal.packages, DailyCostTotal.total_cost_rub)
+        .outerjoin(DailyCostTotal, in_range)
+        .order_by(PackageType.id)
+    )
+    types: dict[int, PackageType] = {}
+    kept: dict[tuple[date, int], tuple[int, Decimal]] = {}
+    for ptype, day, count, total in (await db.execute(stmt)).all():
+        types.setdefault(ptype.id, ptype)
+        if day is not None:
+            kept[day, ptype.id] = (count, total)
+    zero = (0, Decimal("0.00"))
+    days = (start + timedelta(days=n) for n in range((end - start).days + 1))
+    return [(day, [(t, *kept.get((day, t.id), zero)) for t in types.values()]) for day in days]
+
+
+#: Pending registrations are counted by listing them: beyond this many the backlog says "at least".
+PENDING_COUNT_CAP = 10_000
+
+
+async def backlog(db: AsyncSession, store: Store) -> Backlog:
+    """The operators' backlog: exact counts from the database and the store's index of pending
+    registrations (up to `PENDING_COUNT_CAP`), and the last cost calculation from the cost log."""
+    pending = await store.index_below(PENDING_INDEX, math.inf, PENDING_COUNT_CAP + 1)
+    return Backlog(
+        packages_without_cost=await count_awaiting_cost(db),
+        registrations_pending=min(len(pending), PENDING_COUNT_CAP),
+        registrations_pending_exact=len(pending) <= PENDING_COUNT_CAP,
+        last_cost_calculated_at=await db.scalar(select(func.max(CostCalculation.calculated_at))),
+    )
 
 
 async def count_awaiting_cost(db: AsyncSession) -> int:

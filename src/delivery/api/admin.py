@@ -1,8 +1,10 @@
+from datetime import date
 from typing import Annotated, Any
 
 import anyio.to_thread
 from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Query
+from fastapi.exceptions import RequestValidationError
 
 from delivery import service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
@@ -10,7 +12,10 @@ from delivery.api.responses import ADMIN, CONFLICT, NOT_FOUND
 from delivery.api.routing import DecimalRoute
 from delivery.broker import PRICE_TASK
 from delivery.schemas import (
+    MAX_RANGE_DAYS,
+    Backlog,
     DailyCosts,
+    DailyCostsRange,
     DailyTypeTotal,
     IsoDate,
     JobAccepted,
@@ -37,17 +42,59 @@ async def bind_transport_company(package_id: PackageId, body: TransportCompanyBi
 
 @router.get("/admin/stats/daily-costs/")
 async def daily_costs(
-    db: DbSession, day: Annotated[IsoDate, Query(alias="date", description="a UTC day, YYYY-MM-DD")]
-) -> DailyCosts:
-    """The delivery costs calculated on a UTC day, summed by type."""
-    rows = await service.daily_costs(db, day)
-    return DailyCosts(
-        date=day,
-        totals=[
-            DailyTypeTotal(type=PackageTypeRead.model_validate(ptype), packages=count, total_cost_rub=total)
-            for ptype, count, total in rows
-        ],
+    db: DbSession,
+    day: Annotated[IsoDate | None, Query(alias="date", description="a UTC day, YYYY-MM-DD")] = None,
+    start: Annotated[IsoDate | None, Query(alias="from", description="the range's first UTC day")] = None,
+    end: Annotated[
+        IsoDate | None,
+        Query(alias="to", description=f"the range's last UTC day, at most {MAX_RANGE_DAYS} days in all"),
+    ] = None,
+) -> DailyCosts | DailyCostsRange:
+    """The delivery costs calculated on a UTC day (`date`), or on every day from `from` to `to`, by type."""
+    if day is not None and start is None and end is None:
+        return DailyCosts(date=day, totals=_totals(await service.daily_costs(db, day)))
+    start, end = _range(day, start, end)
+    days = await service.daily_costs_range(db, start, end)
+    return DailyCostsRange(
+        start=start, end=end, days=[DailyCosts(date=d, totals=_totals(rows)) for d, rows in days]
     )
+
+
+def _totals(rows: service.DailyTotals) -> list[DailyTypeTotal]:
+    return [
+        DailyTypeTotal(type=PackageTypeRead.model_validate(ptype), packages=count, total_cost_rub=total)
+        for ptype, count, total in rows
+    ]
+
+
+def _range(day: date | None, start: date | None, end: date | None) -> tuple[date, date]:
+    """`from` and `to`, or the 422 naming the parameter that is missing, extra or out of range."""
+    if day is not None:
+        raise _invalid("date", "give either date, or from and to, not both", str(day))
+    if start is None and end is None:
+        raise _invalid("date", "Field required", None, kind="missing")
+    if start is None:
+        raise _invalid("from", "Field required", None, kind="missing")
+    if end is None:
+        raise _invalid("to", "Field required", None, kind="missing")
+    if end < start:
+        raise _invalid("to", "must not be before from", str(end))
+    if (end - start).days + 1 > MAX_RANGE_DAYS:
+        raise _invalid("to", f"a range spans at most {MAX_RANGE_DAYS} days, both ends included", str(end))
+    return start, end
+
+
+def _invalid(
+    field: str, message: str, value: str | None, *, kind: str = "value_error"
+) -> RequestValidationError:
+    # The shape of FastAPI's own 422, so a client reads every refusal of a parameter the same way.
+    return RequestValidationError([{"type": kind, "loc": ("query", field), "msg": message, "input": value}])
+
+
+@router.get("/admin/stats/backlog/")
+async def backlog(db: DbSession, resources: ResourcesDep) -> Backlog:
+    """Packages without a cost, registrations still pending, and when a cost was last calculated."""
+    return await service.backlog(db, resources.store)
 
 
 @router.post("/admin/jobs/price-packages/", status_code=202)

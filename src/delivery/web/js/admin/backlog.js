@@ -1,0 +1,48 @@
+// The backlog, refreshed every few seconds while the page is visible.
+
+import { $ } from "../lib/dom.js";
+import { showBanner } from "../lib/banner.js";
+import { formatDateTime } from "../lib/format.js";
+import { adminApi, TokenRefused } from "./operator.js";
+
+const REFRESH_MS = 5000;
+let timer = null;
+let inFlight = false;
+
+export async function loadBacklog() {
+  if (inFlight) return;
+  inFlight = true;
+  try {
+    const result = await adminApi("GET", "/admin/stats/backlog/");
+    if (result.status !== 200 || !result.data) {
+      $("backlog-updated").textContent = `Не обновилось (ответ ${result.status}).`;
+      return;
+    }
+    const data = result.data;
+    $("backlog-unpriced").textContent = String(data.packages_without_cost);
+    $("backlog-pending").textContent = `${data.registrations_pending_exact ? "" : "не меньше "}${data.registrations_pending}`;
+    $("backlog-last").textContent =
+      data.last_cost_calculated_at == null ? "ещё не было" : formatDateTime(data.last_cost_calculated_at);
+    $("backlog-updated").textContent = `Обновлено в ${new Date().toLocaleTimeString("ru-RU")}`;
+  } catch (error) {
+    if (error instanceof TokenRefused) return;
+    showBanner(error);
+    $("backlog-updated").textContent = "Не обновилось: нет ответа сервера.";
+  } finally {
+    inFlight = false;
+  }
+}
+
+export function startBacklog() {
+  $("backlog-refresh").addEventListener("click", loadBacklog);
+  stopBacklog();
+  loadBacklog();
+  timer = setInterval(() => {
+    if (!document.hidden) loadBacklog();
+  }, REFRESH_MS);
+}
+
+export function stopBacklog() {
+  if (timer !== null) clearInterval(timer);
+  timer = null;
+}

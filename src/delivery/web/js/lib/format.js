@@ -1,0 +1,34 @@
+// Russian wording shared by the pages: plurals, dates, type names.
+
+const TYPE_LABELS = { clothes: "Одежда", electronics: "Электроника", misc: "Разное" };
+
+export function typeLabel(type) {
+  return TYPE_LABELS[type.name] || type.name;
+}
+
+/** The form of a Russian noun after the number n: plural(5, "посылка", "посылки", "посылок"). */
+export function plural(n, one, few, many) {
+  const mod10 = n % 10;
+  const mod100 = n % 100;
+  if (mod10 === 1 && mod100 !== 11) return one;
+  if (mod10 >= 2 && mod10 <= 4 && (mod100 < 12 || mod100 > 14)) return few;
+  return many;
+}
+
+export function formatDateTime(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return String(iso);
+  return date.toLocaleString("ru-RU", { dateStyle: "medium", timeStyle: "short" });
+}
+
+/** "2025-06-26" -> "26.06.2025": string work, so no time zone can move the day. */
+export function formatDay(iso) {
+  const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(iso);
+  return match ? `${match[3]}.${match[2]}.${match[1]}` : String(iso);
+}
+
+/** "2025-06-26" -> "26.06". */
+export function formatShortDay(iso) {
+  const match = /^\d{4}-(\d{2})-(\d{2})$/.exec(iso);
+  return match ? `${match[2]}.${match[1]}` : String(iso);
+}
