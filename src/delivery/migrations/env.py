@@ -2,13 +2,11 @@
 
 import asyncio
 import importlib
-import pkgutil
 from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import delivery
 from delivery.config import Settings
 from delivery.db import Base, create_engine
 
@@ -16,10 +14,8 @@ config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-# Import every module of the package, so a model defined anywhere is part of the metadata.
-for module in pkgutil.walk_packages(delivery.__path__, prefix="delivery."):
-    if not module.name.startswith("delivery.migrations"):
-        importlib.import_module(module.name)
+# Every model lives in delivery.models: importing it puts them all in the metadata (and nothing else runs).
+importlib.import_module("delivery.models")
 
 target_metadata = Base.metadata
 
