@@ -121,3 +121,14 @@ async def test_statuses_gone_or_done_leave_the_index(stack: Stack) -> None:
 
 def test_the_grace_period_outlasts_a_healthy_jobs_retries(stack: Stack) -> None:
     assert recovery_grace(stack.settings) > stack.settings.RATE_RETRY_WINDOW
+
+
+def test_a_status_record_and_its_job_survive_the_round_trip() -> None:
+    job = RegistrationJob("r-1", 7, "Посылка", "1.250", 2, "120.00", 1700000000.5)
+    assert RegistrationJob.from_json(job.to_json()) == job
+    for record in (
+        StatusRecord(7, "pending", job=job.to_json()),
+        StatusRecord(7, "registered", package_id=42),
+        StatusRecord(7, "failed", error_message="type 9 no longer exists"),
+    ):
+        assert StatusRecord.loads(record.dumps()) == record
