@@ -92,7 +92,11 @@ class WorkerConfig:
     probe: int | None = None
 
 
-PHASES = ("read", "daily", "ceilings", "write", "cold")
+PHASES = ("read", "daily", "ceilings", "write", "paced", "cold")
+#: The paced run: registrations a second, for how long, over how many connections (an open model).
+PACED_RATE = 500
+PACED_SECONDS = 20
+PACED_CONNECTIONS = 64
 
 #: In the order they run; after `default`, a setting that would not fit in the time budget is skipped.
 WORKER_CONFIGS = (
@@ -330,6 +334,8 @@ class Bench:
             self.ceilings()
         if "write" in self.phases:
             self.write_path()
+        if "paced" in self.phases:
+            self.paced()
         if "cold" in self.phases:
             self.cold_cache()
         api = self.sampler.untrack("api")
@@ -609,6 +615,56 @@ class Bench:
             "client_errors": dict(regs.errors),
             "states": {state: states.count(state) for state in sorted(set(states))},
         }
+
+    def paced(self) -> None:
+        """Registrations at a steady PACED_RATE a second: the latency a user feels, not time spent queued."""
+        self.fresh_store()
+        worker = self.start_worker("paced", ())
+        self.sampler.track("worker:paced", worker.pid)
+        try:
+            tokens = asyncio.run(load.open_sessions(self.api_url, self.profile.write_concurrency))
+            watermark = run_async(_max_package_id)
+            self.log(f"paced: {PACED_RATE}/s for {PACED_SECONDS}s")
+            assert self.api is not None
+            roots = {"api": self.api.pid, "worker": worker.pid}
+            before = cpu_snapshot(roots)
+            regs = asyncio.run(
+                load.register_paced(self.api_url, tokens, PACED_RATE, PACED_SECONDS, PACED_CONNECTIONS)
+            )
+            self.wait_registered(watermark, len(regs.accepted), 30)
+            cpu = cpu_cores(before, cpu_snapshot(roots))
+            figures = self.write_figures(regs, watermark)
+        finally:
+            peak = self.sampler.untrack("worker:paced")
+            self.stop(worker)
+        self.results["paced"] = {
+            "rate_per_s": PACED_RATE,
+            "seconds": PACED_SECONDS,
+            "connections": PACED_CONNECTIONS,
+            "worker_rss_mb": peak.rss_mb,
+            "cpu_cores": cpu,
+        } | {
+            k: figures[k]
+            for k in (
+                "accepted",
+                "accepted_per_s",
+                "registered",
+                "p50_ms_to_registered",
+                "p99_ms_to_registered",
+                "max_ms_to_registered",
+                "registered_clock",
+                "post_p50_ms",
+                "post_p99_ms",
+                "client_errors",
+                "states",
+            )
+        }
+        self.log(
+            f"paced: accepted {figures['accepted']} at {figures['accepted_per_s']}/s,"
+            f" to registered p50 {figures['p50_ms_to_registered']} ms"
+            f" p99 {figures['p99_ms_to_registered']} ms,"
+            f" POST p99 {figures['post_p99_ms']} ms; cpu {_cpu_line(cpu)}"
+        )
 
     def cold_cache(self) -> None:
         """64 jobs at once on a cold rate cache, the bank slow to answer: one upstream request."""

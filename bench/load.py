@@ -230,6 +230,48 @@ async def register(base_url: str, tokens: Sequence[str], total: int, concurrency
     return result
 
 
+async def register_paced(
+    base_url: str, tokens: Sequence[str], rate: float, seconds: float, concurrency: int
+) -> Registrations:
+    """POST /packages/ at `rate` a second for `seconds` (an open model: each request starts on its schedule,
+    late only when all `concurrency` connections are busy), connection k in session `tokens[k % len]`."""
+    url = httpx.URL(base_url)
+    host, port = url.host, url.port
+    assert port is not None
+    result = Registrations()
+    total = int(rate * seconds)
+    counter = itertools.count()
+    start = time.monotonic() + 0.2
+
+    async def loop(k: int) -> None:
+        connection = HttpConnection(host, port)
+        headers = {"Content-Type": "application/json", "Cookie": f"session_id={tokens[k % len(tokens)]}"}
+        try:
+            while (i := next(counter)) < total:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent = time.time()
+                try:
+                    status, body = await connection.request("POST", "/packages/", headers, package_body(i))
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    result.errors[type(exc).__name__] += 1
+                    continue
+                now = time.time()
+                if status == 202:
+                    result.accepted[json.loads(body)["status_id"]] = now
+                    result.post_ms.append((now - sent) * 1000)
+                else:
+                    result.errors[str(status)] += 1
+        finally:
+            await connection.close()
+
+    result.started = time.time()
+    await asyncio.gather(*(loop(k) for k in range(concurrency)))
+    result.finished = time.time()
+    return result
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (what wrk reports too)."""
     if not values:
