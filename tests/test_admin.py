@@ -1,10 +1,12 @@
 """Operator endpoints: the X-Admin-Token guard, binding a transport company, and jobs run on demand."""
 
 import asyncio
+import contextlib
+import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -17,7 +19,7 @@ from delivery.api import create_app
 from delivery.config import Settings
 from delivery.models import ClientSession, CostCalculation, Package
 from delivery.service import hash_token
-from tests.factories import add_session, add_unpriced_packages
+from tests.factories import add_session, add_unpriced_packages, app_client
 from tests.fakebank import FakeBank
 from tests.stack import Stack, WorkerProcess
 
@@ -355,3 +357,36 @@ async def test_price_job_with_the_bank_down_fails_visibly(
     assert [packages[pid].delivery_cost_rub for pid in ids] == [None, None]
     async with maker() as db:
         assert (await db.scalars(select(CostCalculation))).all() == []
+
+
+@contextlib.contextmanager
+def _redis_down(how: str) -> Iterator[str]:
+    """The URL of a Redis that is down: nothing listening ("refused"), or a listener that never answers
+    ("silent": connections wait in its backlog, as with a hung server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        if how == "silent":
+            sock.listen(8)
+            yield f"redis://127.0.0.1:{port}/0"
+            return
+    yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.mark.parametrize("how", ["refused", "silent"])
+async def test_job_state_with_the_result_backend_down_is_503_at_once(
+    settings: Settings, admin_headers: dict[str, str], how: str
+) -> None:
+    """Redis (Celery's result backend) not answering: 503 with Retry-After within a couple of seconds,
+    not a 500 after the backend's retries."""
+    if settings.REDIS_URL is None:
+        pytest.skip("the embedded stack's result backend is a folder")
+    with _redis_down(how) as url:
+        async with app_client(settings.model_copy(update={"REDIS_URL": url})) as client:
+            started = time.monotonic()
+            response = await client.get(f"/admin/jobs/{uuid.uuid4()}/", headers=admin_headers)
+            elapsed = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
+    assert "unavailable" in response.json()["detail"]
+    assert elapsed < 5.0
