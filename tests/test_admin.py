@@ -15,8 +15,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from delivery import service
 from delivery.api import create_app
 from delivery.config import Settings
+from delivery.errors import TransportCompanyConflict
 from delivery.models import ClientSession, CostCalculation, Package
 from delivery.service import hash_token
 from tests.factories import add_session, add_unpriced_packages, app_client
@@ -223,6 +225,34 @@ async def test_bind_another_company_is_409_naming_the_holder(
     assert isinstance(body["detail"], str)
     assert body["detail"]
     assert body["transport_company_id"] == 7
+    assert (await _packages(maker, [package_id]))[package_id].transport_company_id == 7
+
+
+async def _bind_in_a_session_that_loaded_it_unbound(
+    maker: Maker, package_id: int, company_id: int, *, holder: int | None
+) -> Package:
+    """`service.bind_transport_company` on its second pass, pinned down: its session holds the package as a
+    first pass loaded it (no company) — it was created after the first UPDATE looked — and meanwhile
+    `holder` (if any) bound it."""
+    async with maker() as db:
+        loaded = await service.get_package(db, None, package_id)
+        assert loaded.transport_company_id is None
+        if holder is not None:
+            async with maker() as other:
+                await service.bind_transport_company(other, package_id, holder)
+        return await asyncio.wait_for(service.bind_transport_company(db, package_id, company_id), timeout=10)
+
+
+async def test_bind_answers_the_package_as_bound_now(maker: Maker, package_id: int) -> None:
+    package = await _bind_in_a_session_that_loaded_it_unbound(maker, package_id, 7, holder=None)
+    assert package.transport_company_id == 7
+    assert (await _packages(maker, [package_id]))[package_id].transport_company_id == 7
+
+
+async def test_bind_sees_a_company_that_won_between_passes(maker: Maker, package_id: int) -> None:
+    with pytest.raises(TransportCompanyConflict) as conflict:
+        await _bind_in_a_session_that_loaded_it_unbound(maker, package_id, 8, holder=7)
+    assert conflict.value.holder_id == 7
     assert (await _packages(maker, [package_id]))[package_id].transport_company_id == 7
 
 
