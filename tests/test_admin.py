@@ -1,10 +1,12 @@
 """Operator endpoints: the X-Admin-Token guard, binding a transport company, and jobs run on demand."""
 
 import asyncio
+import contextlib
+import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -14,13 +16,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from delivery import service
 from delivery.api import create_app
 from delivery.config import Settings
+from delivery.errors import TransportCompanyConflict
 from delivery.jobs import price_pending
 from delivery.models import ClientSession, CostCalculation, Package
 from delivery.rates import Rate
 from delivery.service import hash_token
-from tests.factories import add_session, add_unpriced_packages
+from tests.factories import add_session, add_unpriced_packages, app_client
 from tests.fakebank import FakeBank
 from tests.stack import Stack, WorkerProcess
 
@@ -242,6 +246,34 @@ async def test_bind_another_company_is_409_naming_the_holder(
     assert (await _packages(maker, [package_id]))[package_id].transport_company_id == 7
 
 
+async def _bind_in_a_session_that_loaded_it_unbound(
+    maker: Maker, package_id: int, company_id: int, *, holder: int | None
+) -> Package:
+    """`service.bind_transport_company` on its second pass, pinned down: its session holds the package as a
+    first pass loaded it (no company) — it was created after the first UPDATE looked — and meanwhile
+    `holder` (if any) bound it."""
+    async with maker() as db:
+        loaded = await service.get_package(db, None, package_id)
+        assert loaded.transport_company_id is None
+        if holder is not None:
+            async with maker() as other:
+                await service.bind_transport_company(other, package_id, holder)
+        return await asyncio.wait_for(service.bind_transport_company(db, package_id, company_id), timeout=10)
+
+
+async def test_bind_answers_the_package_as_bound_now(maker: Maker, package_id: int) -> None:
+    package = await _bind_in_a_session_that_loaded_it_unbound(maker, package_id, 7, holder=None)
+    assert package.transport_company_id == 7
+    assert (await _packages(maker, [package_id]))[package_id].transport_company_id == 7
+
+
+async def test_bind_sees_a_company_that_won_between_passes(maker: Maker, package_id: int) -> None:
+    with pytest.raises(TransportCompanyConflict) as conflict:
+        await _bind_in_a_session_that_loaded_it_unbound(maker, package_id, 8, holder=7)
+    assert conflict.value.holder_id == 7
+    assert (await _packages(maker, [package_id]))[package_id].transport_company_id == 7
+
+
 async def test_bind_unknown_package_is_404(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
     response = await client.post(
         "/packages/999999/transport-company/", json={"company_id": 7}, headers=admin_headers
@@ -413,3 +445,35 @@ async def test_backlog_counts_what_waits(
     answer = await _backlog(customer, admin_headers)
     assert answer["packages_without_cost"] == 0
     assert datetime.fromisoformat(answer["last_cost_calculated_at"]) == priced_at
+
+
+@contextlib.contextmanager
+def _redis_down(how: str) -> Iterator[str]:
+    """The URL of a Redis that is down: nothing listening ("refused"), or a listener that never answers
+    ("silent": connections wait in its backlog, as with a hung server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        if how == "silent":
+            sock.listen(8)
+            yield f"redis://127.0.0.1:{port}/0"
+            return
+    yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # the embedded result backend is a folder
+@pytest.mark.parametrize("how", ["refused", "silent"])
+async def test_job_state_with_the_result_backend_down_is_503_at_once(
+    settings: Settings, admin_headers: dict[str, str], how: str
+) -> None:
+    """Redis (Celery's result backend) not answering: 503 with Retry-After within a couple of seconds,
+    not a 500 after the backend's retries."""
+    with _redis_down(how) as url:
+        async with app_client(settings.model_copy(update={"REDIS_URL": url})) as client:
+            started = time.monotonic()
+            response = await client.get(f"/admin/jobs/{uuid.uuid4()}/", headers=admin_headers)
+            elapsed = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
+    assert "unavailable" in response.json()["detail"]
+    assert elapsed < 5.0

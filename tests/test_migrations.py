@@ -15,8 +15,11 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from delivery import jobs
 from delivery.config import Settings
-from delivery.db import create_engine
+from delivery.db import create_engine, create_sessionmaker
+from delivery.registration import RegistrationJob
+from tests.factories import app_client, open_session
 from tests.stack import ROOT, Stack, run_in_thread
 
 TYPES = [(1, "clothes"), (2, "electronics"), (3, "misc")]
@@ -36,6 +39,26 @@ async def fresh_url(stack: Stack, tmp_path: Path) -> AsyncIterator[str]:
         async with engine.begin() as connection:
             await connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
             await connection.execute(text(f"CREATE DATABASE `{name}`"))
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        await engine.dispose()
+
+
+@pytest.fixture
+async def latin1_url(stack: Stack, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database whose default character set is latin1 (SQLite has none but UTF-8)."""
+    if stack.settings.is_sqlite:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'latin1.sqlite3'}"
+        return
+    url = make_url(stack.settings.DATABASE_URL)
+    name = f"{url.database}_latin1"
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            await connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET latin1"))
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
         async with engine.begin() as connection:
@@ -137,3 +160,71 @@ async def test_indexes_the_list_queries_need(stack: Stack, fresh_url: str) -> No
     columns = [list(index["column_names"]) for index in indexes]
     assert ["session_id", "type_id", "id"] in columns, columns
     assert ["session_id", "has_cost", "id"] in columns, columns
+
+
+#: Cyrillic, an emoji outside the Basic Multilingual Plane (4 bytes in UTF-8), accents, CJK.
+UNICODE_NAME = "Посылка 📦 для Zoë — 包裹"
+
+
+async def test_unicode_names_round_trip_on_a_latin1_database(
+    stack: Stack, latin1_url: str, tmp_path: Path
+) -> None:
+    """Whatever the server's or the database's default character set, a parcel's name is kept exactly."""
+    alembic(command.upgrade, stack.alembic_config(database_url=latin1_url), "head")
+    settings = stack.settings.model_copy(update={"DATABASE_URL": latin1_url})
+    async with app_client(settings) as client:
+        session_id = await open_session(client)
+        engine = create_engine(settings)
+        try:
+            job = RegistrationJob(
+                registration_id="5a0d6c1e-7a5e-4d55-9d6e-2f5a8d1c3b4a",
+                session_id=session_id,
+                name=UNICODE_NAME,
+                weight_kg="1.250",
+                type_id=1,
+                content_value_usd="120.00",
+                accepted_at=0.0,
+            )
+            package_id = await jobs.create_package(create_sessionmaker(engine), job, None)
+        finally:
+            await engine.dispose()
+        response = await client.get(f"/packages/{package_id}/")
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == UNICODE_NAME
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # SQLite stores text as UTF-8 only
+async def test_tables_are_utf8mb4_on_a_latin1_database(stack: Stack, latin1_url: str) -> None:
+    alembic(command.upgrade, stack.alembic_config(database_url=latin1_url), "head")
+
+    def charsets(_: Any, sync: Connection) -> dict[str, set[str]]:
+        rows = sync.execute(
+            text(
+                "SELECT TABLE_NAME, CHARACTER_SET_NAME FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND CHARACTER_SET_NAME IS NOT NULL"
+                " AND TABLE_NAME != 'alembic_version'"
+            )
+        )
+        found: dict[str, set[str]] = {}
+        for table, charset in rows:
+            found.setdefault(table, set()).add(charset)
+        return found
+
+    found: dict[str, set[str]] = await inspect_db(latin1_url, charsets)
+    assert {"sessions", "package_types", "packages"} <= set(found)
+    assert all(names == {"utf8mb4"} for names in found.values()), found
+    alembic(command.check, stack.alembic_config(database_url=latin1_url))
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # SQLite has no connection character set
+async def test_connections_are_utf8mb4_whatever_the_url_says(stack: Stack) -> None:
+    url = make_url(stack.settings.DATABASE_URL).update_query_dict({"charset": "latin1"})
+    engine = create_engine(Settings(DATABASE_URL=url.render_as_string(hide_password=False)))
+    try:
+        async with engine.connect() as connection:
+            names = (
+                await connection.execute(text("SELECT @@character_set_client, @@character_set_results"))
+            ).one()
+    finally:
+        await engine.dispose()
+    assert tuple(names) == ("utf8mb4", "utf8mb4")

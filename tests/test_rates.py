@@ -482,6 +482,46 @@ async def test_fetch_slow_but_in_time(bank: FakeBank, http: httpx.AsyncClient) -
     assert (await fetch_rate(http, bank.url)).usd_rub == Decimal("78.1959")
 
 
+async def test_dripping_bank_fails_within_the_deadline(
+    bank: FakeBank, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Headers at once, then a byte every 2 s: each read is in time, so only a deadline on the whole
+    fetch ends it — before the rate lock (LOCK_TTL) can expire under it."""
+    bank.mode = "drip"
+    with pytest.raises(RateUnavailable, match="deadline"):
+        # The bound the single flight needs; a fetch without a deadline would drip on for hours.
+        await asyncio.wait_for(fetch_rate(http, bank.url), timeout=rates.LOCK_TTL)
+    assert bank.requests == 1
+    assert len(warnings_from_rates(caplog)) == 1
+
+
+def test_fetch_deadline_is_below_the_lock_lifetime() -> None:
+    """The single flight holds only while the lock outlives its holder's fetch, store round trips included."""
+    assert rates.FETCH_DEADLINE + 5 <= rates.LOCK_TTL
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "until-close"])
+async def test_oversized_body_is_refused_unread(
+    bank: FakeBank, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, declared: bool
+) -> None:
+    """256 MiB that would parse as the daily JSON: refused on its size, not read whole into memory."""
+    bank.mode = "huge"
+    bank.huge_declared = declared
+    with pytest.raises(RateUnavailable, match="bytes"):
+        await fetch_rate(http, bank.url)
+    # What the bank got written before the client hung up: the cap plus the sockets' buffers at most.
+    assert bank.bytes_sent < bank.huge_size // 4
+    warnings = warnings_from_rates(caplog)
+    assert len(warnings) == 1
+    assert f"{rates.MAX_BODY_BYTES}" in warnings[0].getMessage()
+
+
+async def test_body_at_the_cap_is_read(bank: FakeBank, http: httpx.AsyncClient) -> None:
+    bank.mode = "huge"
+    bank.huge_size = rates.MAX_BODY_BYTES
+    assert (await fetch_rate(http, bank.url)).usd_rub == Decimal("78.1959")
+
+
 # --- RateCache, on each stack's store -------------------------------------------------------------
 
 
@@ -700,6 +740,22 @@ async def test_hanging_bank_fails_every_waiter_in_time(
     assert all(isinstance(exc, RateUnavailable) for exc in failed), failed
     assert bank.requests == 1
     assert elapsed < 3.0
+
+
+async def test_dripping_bank_keeps_the_single_flight(settings: Settings, bank: FakeBank) -> None:
+    """Callers in four processes on a cold cache and a bank that drips its answer: one request to the bank,
+    and every caller fails before the lock could expire and let a second fetch start."""
+    bank.mode = "drip"
+    async with AsyncExitStack() as stack:
+        caches = await separate_caches(stack, settings, 4)
+        calls = asyncio.ensure_future(gather_outcomes([caches[i % 4].get() for i in range(16)]))
+        # Past the waiters' own limit (twice the lock's lifetime): a fetch that outlives its lock shows here.
+        done, _ = await asyncio.wait([calls], timeout=rates.LOCK_TTL * 2 + 5)
+        assert bank.requests == 1
+        assert done, "callers still waiting for the bank"
+        got, failed = calls.result()
+    assert got == []
+    assert all(isinstance(exc, RateUnavailable) for exc in failed), failed
 
 
 async def test_recovers_after_the_failure_memory(cache: RateCache, bank: FakeBank) -> None:

@@ -23,6 +23,10 @@ NAMING_CONVENTION = {
 }
 
 
+#: Of every MySQL/MariaDB connection and table: all of Unicode, emoji included (utf8mb3 stops at 3 bytes).
+MYSQL_CHARSET = "utf8mb4"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -110,6 +114,9 @@ def create_engine(settings: Settings, *, autocommit: bool = False, **kwargs: Any
         kwargs.setdefault("skip_autocommit_rollback", True)
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_recycle", 3600)
+    # The tables are utf8mb4 (a migration sees to it); a connection in any other character set, the server's
+    # default or the URL's, would refuse or mangle what they can hold.
+    kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "charset": MYSQL_CHARSET}
     return create_async_engine(url, **kwargs)
 
 

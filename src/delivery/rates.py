@@ -23,6 +23,11 @@ USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 )
 FETCH_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+#: One fetch, connect to last byte, ends by then: a bank that trickles its answer resets the read timeout
+#: with every byte, and a fetch outliving the rate lock would let a second one start beside it.
+FETCH_DEADLINE = 8.0
+#: The daily JSON is about 15 KB; an answer past this is no rate, and is not read into memory.
+MAX_BODY_BYTES = 1024 * 1024
 #: Decimal places of the rate column (`packages.usd_rub_rate`, `cost_calculations.usd_rub_rate`).
 RATE_PLACES = 8
 #: A rate above this is not believed: it is no USD/RUB rate, and the costs of the largest parcels priced
@@ -32,7 +37,8 @@ MAX_RATE = Decimal(1_000_000)
 CACHE_KEY = "rate:usd_rub"
 LOCK_KEY = "rate:usd_rub:lock"
 FAILED_KEY = "rate:usd_rub:failed"
-#: Longer than one fetch may take (connect + read timeouts), so the lock outlives its holder's fetch.
+#: Longer than one fetch may take (FETCH_DEADLINE, plus the store's round trips around it), so the lock
+#: outlives its holder's fetch.
 LOCK_TTL = 15.0
 #: How long a failed fetch is remembered, so waiting jobs give up together instead of each asking the bank.
 FAILURE_TTL = 2.0
@@ -107,12 +113,19 @@ def new_http_client() -> httpx.AsyncClient:
 
 
 async def fetch_rate(client: httpx.AsyncClient, url: str) -> Rate:
-    """One request to the bank. Any failure becomes `RateUnavailable`, logged once."""
+    """One request to the bank, over by FETCH_DEADLINE, its body at most MAX_BODY_BYTES.
+    Any failure becomes `RateUnavailable`, logged once."""
     started = time.perf_counter()
     try:
-        response = await client.get(url)
-        response.raise_for_status()
-        rate = parse_daily(response.content)
+        async with asyncio.timeout(FETCH_DEADLINE):
+            body = await _read_body(client, url)
+        rate = parse_daily(body)
+    except TimeoutError:
+        metrics.BANK_FETCHES.labels("failed").inc()
+        logger.warning("bank fetch failed url=%s error=deadline_exceeded deadline_s=%s", url, FETCH_DEADLINE)
+        raise RateUnavailable(
+            f"bank request failed: no full answer within the {FETCH_DEADLINE}s deadline"
+        ) from None
     except httpx.HTTPError as exc:
         metrics.BANK_FETCHES.labels("failed").inc()
         logger.warning("bank fetch failed url=%s error=%r", url, exc)
@@ -131,6 +144,21 @@ async def fetch_rate(client: httpx.AsyncClient, url: str) -> Rate:
         (time.perf_counter() - started) * 1000,
     )
     return rate
+
+
+async def _read_body(client: httpx.AsyncClient, url: str) -> bytes:
+    """The answer's body, streamed so that one over MAX_BODY_BYTES is refused before it is all read."""
+    async with client.stream("GET", url) as response:
+        response.raise_for_status()
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise RateFormatError(f"body of {declared} bytes, over the cap of {MAX_BODY_BYTES} bytes")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise RateFormatError(f"body over the cap of {MAX_BODY_BYTES} bytes")
+        return bytes(body)
 
 
 class RateCache:

@@ -191,6 +191,9 @@ async def bind_transport_company(db: AsyncSession, package_id: int, company_id: 
             .execution_options(synchronize_session=False)
         )
         await db.commit()
+        # The session keeps the package a pass before loaded (commits expire nothing here): read the row anew,
+        # or a stale copy answers the wrong company, or loops for ever on a package another company took.
+        db.expire_all()
         package = await get_package(db, None, package_id)
         if result.rowcount == 1 or package.transport_company_id == company_id:  # type: ignore[attr-defined]
             return package

@@ -11,6 +11,7 @@ from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
 from delivery.api.responses import ADMIN, CONFLICT, NOT_FOUND
 from delivery.api.routing import DecimalRoute
 from delivery.broker import PRICE_TASK
+from delivery.errors import ServiceUnavailable
 from delivery.schemas import (
     MAX_RANGE_DAYS,
     Backlog,
@@ -107,11 +108,17 @@ async def price_packages(resources: ResourcesDep) -> JobAccepted:
 @router.get("/admin/jobs/{task_id}/")
 async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
     """A job's state and result, from Celery's result backend."""
+    backend = resources.celery.backend
+    # Seconds an operator waits for the backend before a 503: a silent Redis otherwise holds the request
+    # for its socket timeout (120 s).
+    wait = 2.0
 
     def read() -> JobState:
-        result: AsyncResult[Any] = AsyncResult(task_id, app=resources.celery)
-        state = result.state
-        value = result.result
+        # One attempt: `AsyncResult.state` retries a failed read with backoff for minutes (the worker's
+        # result_backend_always_retry, there so its result writes survive a Redis restart). Both backends
+        # configured here (Redis, the embedded folder) are key-value backends, which have this single read.
+        meta = backend._get_task_meta_for(task_id)  # type: ignore[attr-defined]
+        state, value = meta["status"], meta["result"]
         return JobState(
             task_id=task_id,
             state=state,
@@ -119,4 +126,13 @@ async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
             error=repr(value) if state == "FAILURE" else None,
         )
 
-    return await anyio.to_thread.run_sync(read)
+    try:
+        with anyio.fail_after(wait):
+            # Abandoned on timeout: the thread ends at the backend's own socket timeout.
+            return await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
+    except TimeoutError:
+        raise ServiceUnavailable("result backend") from None
+    except Exception as exc:
+        if backend.exception_safe_to_retry(exc):
+            raise ServiceUnavailable("result backend") from exc
+        raise
