@@ -1,6 +1,7 @@
 """Housekeeping: expired sessions are deleted (their packages kept), the embedded broker's delivered messages
 are purged."""
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -12,7 +13,8 @@ from kombu import Connection
 from sqlalchemy import delete, select
 
 from delivery import service
-from delivery.config import EMBEDDED_DIR
+from delivery.broker import MAINTAIN_TASK, create_celery
+from delivery.config import EMBEDDED_DIR, Settings
 from delivery.db import utcnow
 from delivery.maintenance import delete_expired_sessions, purge_embedded_broker
 from delivery.models import ClientSession, Package, PackageCount
@@ -181,3 +183,21 @@ async def test_purge_beside_a_running_worker(
 
     statuses = await wait_all_done(customer, [await register(customer) for _ in range(3)])
     assert {status["state"] for status in statuses} == {"registered"}
+
+
+async def test_the_periodic_job_cleans_on_a_worker(
+    stack: Stack, maker: Maker, worker: WorkerProcess, settings: Settings
+) -> None:
+    """Beat's maintenance job, run by a real worker: an expired session past the grace (STATUS_TTL, so no
+    registration of it can still be pending) is gone; a live one stays."""
+    old = await expired_session(maker, ago=timedelta(seconds=settings.STATUS_TTL) + DAY)
+    live, _ = await add_session(maker)
+    celery = create_celery(settings)
+    try:
+        result = celery.send_task(MAINTAIN_TASK)
+        outcome = await asyncio.to_thread(result.get, timeout=60)
+    finally:
+        celery.close()
+    assert outcome["sessions_deleted"] == 1
+    remaining = await session_ids(maker)
+    assert old not in remaining and live in remaining

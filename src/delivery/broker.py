@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,10 +26,13 @@ logger = logging.getLogger(__name__)
 REGISTER_TASK = "packages.register"
 PRICE_TASK = "packages.price_pending"
 RECOVER_TASK = "packages.recover_pending"
+MAINTAIN_TASK = "maintenance.clean"
 REGISTRATION_QUEUE = "registrations"
 PRICING_QUEUE = "pricing"
 #: How often pending registrations are looked at by the recovery job.
 RECOVERY_INTERVAL = 60.0
+#: How often expired sessions and the embedded broker's delivered messages are cleaned away.
+MAINTENANCE_INTERVAL = 3600.0
 EMBEDDED_POLLING_INTERVAL = 0.1
 #: A registration batch: up to this many jobs, or what arrived within BATCH_INTERVAL seconds.
 BATCH_SIZE = 100
@@ -54,6 +58,9 @@ def create_celery(settings: Settings) -> Celery:
         # rather than failing the job: a job that fails outside its body is acknowledged, and lost.
         result_backend_always_retry=True,
         result_backend_max_retries=20,
+        # A Redis that stops answering is an error within seconds, not a thread held for minutes.
+        redis_socket_timeout=5,
+        redis_socket_connect_timeout=3,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -66,6 +73,7 @@ def create_celery(settings: Settings) -> Celery:
             REGISTER_TASK: {"queue": REGISTRATION_QUEUE},
             PRICE_TASK: {"queue": PRICING_QUEUE},
             RECOVER_TASK: {"queue": PRICING_QUEUE},
+            MAINTAIN_TASK: {"queue": PRICING_QUEUE},
         },
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
         beat_schedule={
@@ -80,11 +88,20 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": RECOVERY_INTERVAL,
                 "options": {"expires": RECOVERY_INTERVAL},
             },
+            "maintenance": {
+                "task": MAINTAIN_TASK,
+                "schedule": MAINTENANCE_INTERVAL,
+                "options": {"expires": MAINTENANCE_INTERVAL},
+            },
         },
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app
+
+
+def embedded_broker_file() -> Path:
+    return (EMBEDDED_DIR / "broker.sqlite3").resolve()
 
 
 def _broker_url(settings: Settings) -> str:
@@ -96,7 +113,7 @@ def _broker_url(settings: Settings) -> str:
     # The transport passes its options to create_engine, so its polling interval (1 s by default, a
     # second of latency per idle poll) can only be set on the class.
     kombu_sqlalchemy.Transport.polling_interval = EMBEDDED_POLLING_INTERVAL
-    return f"sqla+sqlite:///{(EMBEDDED_DIR / 'broker.sqlite3').resolve()}"
+    return f"sqla+sqlite:///{embedded_broker_file()}"
 
 
 def _broker_options(settings: Settings) -> dict[str, Any]:

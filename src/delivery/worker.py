@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -22,14 +23,16 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from delivery import jobs, logs, metrics, registration
+from delivery import jobs, logs, maintenance, metrics, registration
 from delivery.broker import (
     BATCH_INTERVAL,
     BATCH_SIZE,
+    MAINTAIN_TASK,
     PRICE_TASK,
     RECOVER_TASK,
     REGISTER_TASK,
     create_celery,
+    embedded_broker_file,
     publish_registration,
     queued_registrations,
 )
@@ -261,3 +264,21 @@ def recover_pending_registrations(older_than: float | None = None) -> dict[str, 
 
     grace = recovery_grace(settings) if older_than is None else older_than
     return {"republished": run(registration.recover_pending(rt.store, publish, queued, older_than=grace))}
+
+
+#: Delivered messages the embedded broker keeps longer than this are deleted from its file.
+DELIVERED_KEPT = timedelta(hours=1)
+
+
+@app.task(name=MAINTAIN_TASK)
+def clean() -> dict[str, int]:
+    """Delete expired sessions that own no package (once no registration of theirs can still be pending),
+    and the embedded broker's delivered messages."""
+    rt = runtime()
+    grace = timedelta(seconds=settings.STATUS_TTL)
+    sessions = run(maintenance.delete_expired_sessions(rt.maker, grace=grace))
+    messages = 0
+    if settings.CELERY_BROKER_URL is None:
+        messages = maintenance.purge_embedded_broker(embedded_broker_file(), older_than=DELIVERED_KEPT)
+    logger.info("maintenance done sessions_deleted=%s broker_messages_deleted=%s", sessions, messages)
+    return {"sessions_deleted": sessions, "broker_messages_deleted": messages}
