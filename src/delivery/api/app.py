@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from delivery.api import admin, health, packages, sessions, web
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
-from delivery.api.middleware import RequestIdMiddleware
+from delivery.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.store import create_store
@@ -45,7 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Registers parcels asynchronously; prices them at the Central Bank of Russia's USD/RUB rate.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=MAX_BODY_SIZE,
         openapi_tags=[
             {"name": "sessions", "description": "A customer's session, held in a cookie."},
             {"name": "packages", "description": "Registering parcels and reading them back."},
@@ -54,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     register_exception_handlers(app)
+    # The last added runs first: the body limit's answers carry the request id and reach the access log.
+    app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_SIZE)
     app.add_middleware(RequestIdMiddleware)
     for module in (sessions, packages, admin, health, web):
         app.include_router(module.router)
