@@ -6,7 +6,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 BIN := .venv/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test chaos lint check-tests migrate price refresh-rate bench clean
+.PHONY: run test chaos lint audit check-tests migrate price refresh-rate bench clean
 
 run: .venv/.synced migrate
 	@rm -rf var/metrics && mkdir -p var/metrics
@@ -25,6 +25,16 @@ lint: .venv/.synced
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Known vulnerabilities in the locked dependencies (all groups), as uv.lock pins and hashes them. Needs PyPI's
+# JSON API (or AUDIT_SERVICE=osv: api.osv.dev), so it is not part of `make test`; --strict fails the audit
+# when a package could not be checked, rather than passing it unchecked.
+AUDIT_SERVICE ?= pypi
+audit: .venv/.synced
+	@mkdir -p var
+	$(UV) export --frozen --all-groups --no-emit-project --quiet -o var/audit-requirements.txt
+	$(BIN)/pip-audit --strict --disable-pip --require-hashes --vulnerability-service $(AUDIT_SERVICE) \
+		--requirement var/audit-requirements.txt
 
 migrate: .venv/.synced
 	@mkdir -p var

@@ -319,10 +319,10 @@ def _free_port() -> int:
 class ApiProcess:
     """`delivery serve`, as `make run` starts it, with JSON logs."""
 
-    def __init__(self, stack: Stack, **env: str) -> None:
+    def __init__(self, stack: Stack, **env: object) -> None:
         self.port = _free_port()
         self.log_path = stack.workdir / f"api-{self.port}.log"
-        self.env = stack.env(HOST="127.0.0.1", PORT=self.port, LOG_FORMAT="json", **env)
+        self.env = stack.env(**({"HOST": "127.0.0.1", "PORT": self.port, "LOG_FORMAT": "json"} | env))
         self.stack = stack
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -220,6 +220,18 @@ async def test_bind_returns_the_package(
     assert listed["items"] == [response.json()]
 
 
+@pytest.mark.parametrize("company_id", [7.0, 2**53 - 1], ids=["integral-number", "largest-documented"])
+async def test_bind_takes_every_integer_the_schema_documents(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], package_id: int, company_id: float
+) -> None:
+    """JSON Schema counts 7.0 as an integer; the documented maximum is one."""
+    response = await client.post(
+        f"/packages/{package_id}/transport-company/", json={"company_id": company_id}, headers=admin_headers
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["transport_company_id"] == int(company_id)
+
+
 async def test_bind_same_company_again_is_200(
     client: httpx.AsyncClient, admin_headers: dict[str, str], package_id: int
 ) -> None:
@@ -297,6 +309,7 @@ async def test_bind_package_id_not_an_integer_is_422(
     [
         ({"company_id": 0}, "company_id"),
         ({"company_id": -3}, "company_id"),
+        ({"company_id": 2**53}, "company_id"),
         ({"company_id": "7"}, "company_id"),
         ({"company_id": 7.5}, "company_id"),
         ({"company_id": True}, "company_id"),
@@ -304,7 +317,17 @@ async def test_bind_package_id_not_an_integer_is_422(
         ({}, "company_id"),
         ({"company_id": 7, "priority": 1}, "priority"),
     ],
-    ids=["zero", "negative", "string", "float", "bool", "null", "missing", "extra-field"],
+    ids=[
+        "zero",
+        "negative",
+        "past-the-json-safe-integers",
+        "string",
+        "float",
+        "bool",
+        "null",
+        "missing",
+        "extra-field",
+    ],
 )
 async def test_bind_invalid_body_is_422(
     client: httpx.AsyncClient,

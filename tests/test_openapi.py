@@ -1,9 +1,16 @@
 """The published OpenAPI document describes exactly the contract's endpoints, with their answers."""
 
+import re
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from delivery.schemas import PackageCreate
 
 # The endpoints of the contract (API.md), with the answers each must document besides its success.
 CONTRACT: dict[tuple[str, str], tuple[str, set[str]]] = {
@@ -74,6 +81,69 @@ async def test_money_and_weight_are_strings_in_answers(spec: dict[str, Any]) -> 
     assert package["content_value_usd"]["type"] == "string"
     cost_types = {option.get("type") for option in package["delivery_cost_rub"]["anyOf"]}
     assert cost_types == {"string", "null"}
+
+
+def _string_pattern(spec: dict[str, Any], field: str) -> str:
+    branches = spec["components"]["schemas"]["PackageCreate"]["properties"][field]["anyOf"]
+    strings = [branch for branch in branches if branch["type"] == "string"]
+    assert len(strings) == 1 and "pattern" in strings[0], f"{field}: a string with no pattern: {branches}"
+    pattern: str = strings[0]["pattern"]
+    return pattern
+
+
+@pytest.mark.parametrize("field", ["weight_kg", "content_value_usd"])
+async def test_decimal_strings_document_their_pattern(spec: dict[str, Any], field: str) -> None:
+    """A string the schema allows is one the server takes; `""` was schema-valid and refused."""
+    pattern = _string_pattern(spec, field)
+    refused = ["", " 1", "1e2", "+1", "01", "1.", ".5", "1_0", "NaN", "\u0661", "1\n"]
+    assert [value for value in refused if re.fullmatch(pattern, value)] == []
+
+    @given(st.from_regex(pattern, fullmatch=True))
+    def taken(value: str) -> None:
+        PackageCreate.model_validate(
+            {"name": "x", "type_id": 1, "weight_kg": "1", "content_value_usd": "1"} | {field: value}
+        )
+
+    taken()
+
+
+@pytest.mark.parametrize("value", ["", "1e2", "01.5", " 2", "1000.001", "0.000", "1.2345"])
+def test_a_weight_string_off_the_pattern_is_refused(value: str) -> None:
+    with pytest.raises(ValidationError):
+        PackageCreate.model_validate(
+            {"name": "x", "type_id": 1, "weight_kg": value, "content_value_usd": "1"}
+        )
+
+
+async def test_documented_integer_bounds_are_exact_in_every_json_tool(spec: dict[str, Any]) -> None:
+    """A bound past 2**53 - 1 reads as a float that overshoots (2**63 - 1 becomes 2**63)."""
+    bounds = [
+        (name, field[key])
+        for schema in spec["components"]["schemas"].values()
+        for name, field in schema.get("properties", {}).items()
+        for key in ("minimum", "maximum")
+        if key in field
+    ]
+    assert ("company_id", 2**53 - 1) in bounds
+    assert [(name, bound) for name, bound in bounds if abs(bound) > 2**53 - 1] == []
+
+
+async def test_type_id_documents_the_existing_types(client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
+    """Any other integer is refused (422): the schema names the ids of GET /types/."""
+    documented = spec["components"]["schemas"]["PackageCreate"]["properties"]["type_id"]["enum"]
+    assert documented == [ptype["id"] for ptype in (await client.get("/types/")).json()]
+
+
+async def test_allow_lists_every_method_of_the_path(client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
+    """A method a path does not take is 405, and `Allow` names all the methods it takes."""
+    for path, operations in spec["paths"].items():
+        url = path.format(package_id=1, status_id=uuid.uuid4(), task_id="some-task")
+        response = await client.options(url)
+        assert response.status_code == 405, (path, response.text)
+        allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+        # Superset: /admin/jobs/price-packages/ is also /admin/jobs/{task_id}/, which takes GET.
+        assert allowed >= {method.upper() for method in operations}, path
+        assert response.json() == {"detail": "Method Not Allowed"}
 
 
 async def test_docs_page_serves(client: httpx.AsyncClient) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from delivery.logs import ContextFilter, formatter, request_id
 from tests.fakebank import FakeBank
 from tests.helpers import (
     Maker,
@@ -55,6 +57,34 @@ async def test_each_request_logs_json_lines_with_its_request_id(api: ApiProcess)
     assert any(message.startswith("registration accepted") for message in messages)
     assert any(message.startswith("POST /packages/ status=202") for message in messages)
     assert all({"time", "level", "name", "message"} <= set(line) for line in lines)
+
+
+async def test_control_characters_cannot_forge_a_text_log_line(stack: Stack) -> None:
+    """A newline (or a carriage return, an escape sequence) sent in a path is written escaped."""
+    api = ApiProcess(stack, LOG_FORMAT="text").start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url) as http:
+            response = await http.get("/x%0AFORGED%0D%1B[2Kstatus=200")
+            assert response.status_code == 404
+        await wait_until(lambda: "FORGED" in api.log(), 5, "the access line")
+    finally:
+        api.stop()
+    lines = api.log().splitlines()
+    assert not [line for line in lines if line.startswith("FORGED")], lines
+    assert any("GET /x\\nFORGED\\r\\x1b[2Kstatus=200 status=404" in line for line in lines), lines
+
+
+def test_every_value_of_a_text_line_is_escaped() -> None:
+    """The logger's name, the message's arguments and the context alike, not only the path."""
+    record = logging.LogRecord("bad\rname", logging.INFO, __file__, 1, "value=%s", ("a\nb\u2028c",), None)
+    token = request_id.set("id\n1")
+    try:
+        ContextFilter().filter(record)
+    finally:
+        request_id.reset(token)
+    line = formatter("text").format(record)
+    assert line.splitlines() == [line]
+    assert "bad\\rname" in line and "request_id=id\\n1" in line and "value=a\\nb\\u2028c" in line
 
 
 async def test_job_lines_carry_the_registration_id(

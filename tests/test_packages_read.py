@@ -482,6 +482,23 @@ async def test_another_sessions_package_is_indistinguishable_from_an_unknown_one
     assert (await client.get(f"/packages/{theirs}/")).status_code == 200
 
 
+#: Integers that can name no package: ids start at 1 and end at the largest BIGINT.
+NO_PACKAGE = ["0", "-1", "-9223372036854775808", "9223372036854775808", "1" + "0" * 30]
+
+
+@pytest.mark.parametrize("raw_id", NO_PACKAGE)
+async def test_an_integer_that_names_no_package_is_404(
+    customer: httpx.AsyncClient, admin_headers: dict[str, str], raw_id: str
+) -> None:
+    """On every `{package_id}` in a path; 422 stays for what is not an integer."""
+    detail = await customer.get(f"/packages/{raw_id}/")
+    bind = await customer.post(
+        f"/packages/{raw_id}/transport-company/", json={"company_id": 7}, headers=admin_headers
+    )
+    assert [detail.status_code, bind.status_code] == [404, 404], [detail.text, bind.text]
+    assert detail.json() == bind.json() == {"detail": "package not found"}
+
+
 @pytest.mark.parametrize("raw_id", ["abc", "1.5", "1e3", "%20"])
 async def test_non_integer_id_is_422(customer: httpx.AsyncClient, raw_id: str) -> None:
     response = await customer.get(f"/packages/{raw_id}/")

@@ -37,14 +37,27 @@ async def test_another_sessions_ids_are_404_on_every_id_bearing_endpoint(
     assert unknown.status_code == 404 and other.status_code == 200
 
 
+def _refused_as_too_large(response: httpx.Response) -> None:
+    """413 like every other error: JSON `{"detail": ...}` and the request id."""
+    assert response.status_code == 413, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert "64 KiB" in response.json()["detail"]
+    assert response.headers.get("X-Request-ID")
+
+
 async def test_a_body_over_64_kib_is_refused_before_it_is_parsed(customer: httpx.AsyncClient) -> None:
     big = valid_body(name="x" * LIMIT)
-    response = await customer.post("/packages/", json=big)
-    assert response.status_code == 413
+    _refused_as_too_large(await customer.post("/packages/", json=big))
+    kept = await customer.post("/packages/", json=big, headers={"X-Request-ID": "big-one"})
+    assert kept.headers["X-Request-ID"] == "big-one"
     at_limit = b'{"name": "' + b"x" * (LIMIT - 100) + b'"}'
     assert (
         await customer.post("/packages/", content=at_limit, headers={"content-type": "application/json"})
     ).status_code == 422
+
+
+async def test_a_body_over_64_kib_is_refused_even_without_a_session(client: httpx.AsyncClient) -> None:
+    _refused_as_too_large(await client.post("/packages/", json=valid_body(name="x" * LIMIT)))
 
 
 async def test_a_chunked_body_over_the_limit_is_refused_too(customer: httpx.AsyncClient) -> None:
@@ -55,7 +68,7 @@ async def test_a_chunked_body_over_the_limit_is_refused_too(customer: httpx.Asyn
     response = await customer.post(
         "/packages/", content=chunks(), headers={"content-type": "application/json"}
     )
-    assert response.status_code == 413
+    _refused_as_too_large(response)
 
 
 async def test_cross_origin_requests_get_no_cors_grant(customer: httpx.AsyncClient) -> None:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import AnyUrl, Field, HttpUrl, PositiveInt, SecretStr
+from pydantic import AnyUrl, Field, HttpUrl, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where the embedded defaults keep their files (SQLite database, broker, store), relative to
@@ -11,7 +11,9 @@ EMBEDDED_DIR = Path("var")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # A variable set to an empty value (`ADMIN_TOKEN=` in an .env or a compose default) counts as unset, in
+    # the environment and in `.env` alike: its default applies.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True)
 
     DATABASE_URL: str = f"sqlite+aiosqlite:///./{EMBEDDED_DIR}/delivery.sqlite3"
     REDIS_URL: AnyUrl | None = None
@@ -26,6 +28,12 @@ class Settings(BaseSettings):
     ADMIN_TOKEN: SecretStr | None = None
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("ADMIN_TOKEN")
+    @classmethod
+    def _blank_token_is_none(cls, token: SecretStr | None) -> SecretStr | None:
+        """A token of spaces would open the operator endpoints to a header of spaces: it means none."""
+        return token if token is not None and token.get_secret_value().strip() else None
 
     @property
     def is_sqlite(self) -> bool:

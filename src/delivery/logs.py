@@ -7,6 +7,7 @@ registration id of the job, it was logged under.
 
 import logging
 import os
+import re
 from contextvars import ContextVar
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -17,6 +18,22 @@ registration_id: ContextVar[str | None] = ContextVar("registration_id", default=
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]%(context)s %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+
+
+#: What could end a line or rewrite a terminal: C0 and C1 controls, DEL, Unicode's line separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: control characters in any value (a path, a header, a name) are escaped, so
+    that what a client sends cannot forge a line of the log. A traceback that follows keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _CONTROL.sub(_escaped, super().formatMessage(record))
 
 
 class ContextFilter(logging.Filter):
@@ -30,21 +47,23 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def formatter(fmt: str) -> logging.Formatter:
+    if fmt == "json":
+        # JSON escapes control characters in every string itself.
+        return JsonFormatter(
+            JSON_FIELDS,
+            rename_fields={"levelname": "level", "asctime": "time"},
+            reserved_attrs=[*RESERVED_ATTRS, "context"],
+        )
+    return TextFormatter(TEXT_FORMAT)
+
+
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     level = (level or os.environ.get("LOG_LEVEL") or "INFO").upper()
     fmt = (fmt or os.environ.get("LOG_FORMAT") or "text").lower()
     handler = logging.StreamHandler()
     handler.addFilter(ContextFilter())
-    if fmt == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                JSON_FIELDS,
-                rename_fields={"levelname": "level", "asctime": "time"},
-                reserved_attrs=[*RESERVED_ATTRS, "context"],
-            )
-        )
-    else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # SQL echo only when asked for with LOG_LEVEL=DEBUG.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)

@@ -5,9 +5,10 @@ import re
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt
+from pydantic.config import JsonDict
 
 from delivery.models import WEIGHT_PLACES
 
@@ -21,6 +22,9 @@ def _fixed(places: int) -> PlainSerializer:
 #: number can name nothing, and is refused as invalid input rather than sent to the database.
 MAX_BIGINT = 2**63 - 1
 MAX_INT = 2**31 - 1
+#: The largest integer that every JSON tool holds exactly (JavaScript's Number.MAX_SAFE_INTEGER): a larger
+#: bound, read as a binary float, is rounded up past what the server takes.
+MAX_JSON_INT = 2**53 - 1
 
 
 def _iso_date(value: object) -> object:
@@ -36,6 +40,64 @@ IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 
 Weight = Annotated[Decimal, _fixed(3)]
 Money = Annotated[Decimal, _fixed(2)]
+
+#: A weight or an amount sent as a string: plain digits and a point, no sign, exponent, spaces or leading
+#: zeros; in range, with at most 3 (weight) or 2 (money) places, trailing zeros aside. The schema documents
+#: the same pattern, so that a string it allows is one the server takes, and no other.
+WEIGHT_PATTERN = (
+    r"^(?:1000(?:\.0+)?|[1-9][0-9]{0,2}(?:\.[0-9]{1,3}0*)?|0\.(?:[1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9])0*)$"
+)
+MONEY_PATTERN = r"^(?:1000000000(?:\.0+)?|(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,2}0*)?)$"
+
+
+def _matching(pattern: str, message: str) -> BeforeValidator:
+    """A string must match `pattern`: the decimal parser alone takes `1e2`, `+1`, ` 1`, Arabic digits."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(pattern, value):
+            raise ValueError(message)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _documented(pattern: str, step: float) -> Any:
+    """The schema's string branch gets `pattern`, its number branch the step of the places allowed."""
+
+    def document(schema: JsonDict) -> None:
+        branches = schema["anyOf"]
+        assert isinstance(branches, list)
+        for branch in branches:
+            assert isinstance(branch, dict)
+            if branch["type"] == "string":
+                branch["pattern"] = pattern
+            else:
+                branch["multipleOf"] = step
+
+    return Field(json_schema_extra=document)
+
+
+WeightIn = Annotated[
+    Decimal,
+    _matching(WEIGHT_PATTERN, "expected a weight over 0 and up to 1000, with at most 3 places"),
+    _documented(WEIGHT_PATTERN, 0.001),
+]
+MoneyIn = Annotated[
+    Decimal,
+    _matching(MONEY_PATTERN, "expected an amount from 0 to 1000000000, with at most 2 places"),
+    _documented(MONEY_PATTERN, 0.01),
+]
+
+
+def _integral(value: object) -> object:
+    # Request bodies parse JSON numbers as Decimal: 7.0 is an integer to JSON Schema, and so here.
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
+#: An integer as JSON Schema counts them (`7` or `7.0`), never a string or a boolean.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class Schema(BaseModel):
@@ -67,9 +129,9 @@ class PackageCreate(Schema):
     )
 
     name: str = Field(min_length=1, max_length=255, description="1-255 characters after trimming")
-    weight_kg: Decimal = Field(gt=0, le=1000, decimal_places=WEIGHT_PLACES, description="kg, up to 3 places")
-    type_id: StrictInt = Field(ge=1, le=MAX_INT, description="an id from GET /types/")
-    content_value_usd: Decimal = Field(
+    weight_kg: WeightIn = Field(gt=0, le=1000, decimal_places=WEIGHT_PLACES, description="kg, up to 3 places")
+    type_id: JsonInt = Field(ge=1, le=MAX_INT, description="an id from GET /types/")
+    content_value_usd: MoneyIn = Field(
         ge=0, le=1_000_000_000, decimal_places=2, description="USD, up to 2 places"
     )
 
@@ -116,7 +178,7 @@ class RegistrationStatus(Schema):
 class TransportCompanyBind(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    company_id: StrictInt = Field(ge=1, le=MAX_BIGINT, examples=[7])
+    company_id: JsonInt = Field(ge=1, le=MAX_JSON_INT, examples=[7])
 
 
 class DailyTypeTotal(Schema):

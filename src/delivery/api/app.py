@@ -1,18 +1,24 @@
 """The FastAPI application: resources made in `lifespan`, routers, error handlers."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI
 
+from delivery import service
 from delivery.api import admin, health, packages, sessions, web
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
-from delivery.api.middleware import RequestIdMiddleware
+from delivery.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from delivery.broker import AmqpPublisher, create_celery
 from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.store import create_store
+
+logger = logging.getLogger(__name__)
 
 MAX_BODY_SIZE = 64 * 1024
 
@@ -36,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             celery=celery,
             publisher=publisher,
         )
+        await _read_type_ids(app.state.resources)
         try:
             yield
         finally:
@@ -50,7 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Registers parcels asynchronously; prices them at the Central Bank of Russia's USD/RUB rate.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=MAX_BODY_SIZE,
         openapi_tags=[
             {"name": "sessions", "description": "A customer's session, held in a cookie."},
             {"name": "packages", "description": "Registering parcels and reading them back."},
@@ -59,8 +65,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     register_exception_handlers(app)
+    # The last added runs first: the body limit's answers carry the request id and reach the access log.
+    app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_SIZE)
     app.add_middleware(RequestIdMiddleware)
     for module in (sessions, packages, admin, health, web):
         app.include_router(module.router)
     app.mount("/static", web.static, name="static")
+    _document_type_ids(app)
     return app
+
+
+async def _read_type_ids(resources: Resources) -> None:
+    """For the schema's list of type ids; a database not up yet is read again at the first registration."""
+    try:
+        async with resources.maker() as db:
+            resources.type_ids = await service.type_ids(db)
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        logger.warning("parcel types not read at start error=%r", exc)
+
+
+def _document_type_ids(app: FastAPI) -> None:
+    """`type_id` is documented as one of the existing types: any other integer is refused (422)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = generate()  # built once, then the same dict
+        resources: Resources | None = getattr(app.state, "resources", None)
+        type_id = document["components"]["schemas"]["PackageCreate"]["properties"]["type_id"]
+        if resources is not None and resources.type_ids:
+            type_id["enum"] = sorted(resources.type_ids)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -3,7 +3,7 @@
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -17,7 +17,7 @@ from delivery import service
 from delivery.api.errors import AdminForbidden, AdminUnauthenticated
 from delivery.broker import AmqpPublisher, publish_registration
 from delivery.config import Settings
-from delivery.errors import Unauthenticated
+from delivery.errors import NotFound, Unauthenticated
 from delivery.registration import RegistrationJob
 from delivery.schemas import MAX_BIGINT
 from delivery.store import Store
@@ -97,7 +97,23 @@ async def current_session(
 
 SessionId = Annotated[int, Depends(current_session)]
 
-PackageId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="a package id")]
+
+def database_id(what: str, name: str) -> Callable[[int], Awaitable[int]]:
+    """The path parameter `name`, a row's id: not an integer → 422; an integer no row can have → 404.
+
+    Ids run from 1 to the largest BIGINT: 0, a negative or a larger number names nothing, as an unknown id
+    does, rather than being invalid input (nor a number sent to the database to overflow its column).
+    """
+
+    async def valid_id(value: Annotated[int, Path(alias=name, description=f"a {what} id")]) -> int:
+        if not 1 <= value <= MAX_BIGINT:
+            raise NotFound(what)
+        return value
+
+    return valid_id
+
+
+PackageId = Annotated[int, Depends(database_id("package", "package_id"))]
 
 
 async def require_admin(

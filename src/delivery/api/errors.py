@@ -6,6 +6,7 @@ import kombu.exceptions
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import Match
 
 from delivery.errors import (
     InvalidField,
@@ -83,6 +84,26 @@ async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return unavailable("broker")
 
 
+#: The methods a path is probed for when it answers 405.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's `Allow` names the methods of the first route of the path only (`GET` for `/packages/`,
+    which takes `POST` too): here every route is asked which methods of the path it takes in full."""
+    probe = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", "")}
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches(probe | {"method": method})[0] is Match.FULL for route in request.app.router.routes
+        )
+    ]
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
+    )
+
+
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error path=%s", request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal error"}, status_code=500)
@@ -96,6 +117,7 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidField, _invalid_field)
     app.add_exception_handler(TransportCompanyConflict, _conflict)
     app.add_exception_handler(ServiceUnavailable, _service_unavailable)
+    app.add_exception_handler(405, _method_not_allowed)
     # A lost connection, a refused connection or an exhausted pool: the database is not answering.
     for exc_type in (
         sqlalchemy.exc.OperationalError,

@@ -1,11 +1,13 @@
-"""ASGI middleware: the request id that every log line of a request carries, and the access log."""
+"""ASGI middleware: the request id every log line of a request carries, the access log, the body limit."""
 
 import logging
 import re
 import time
 import uuid
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delivery import metrics
@@ -55,3 +57,37 @@ class RequestIdMiddleware:
                 elapsed * 1000,
             )
             request_id.reset(token)
+
+
+class BodyLimitMiddleware:
+    """A request body over `limit` bytes gets 413 before it is parsed, as JSON `{"detail": ...}`.
+
+    Starlette's own limiter (FastAPI's `max_body_size`) sits outside the app's middleware and error handlers:
+    its 413 is plain text and carries no request id. This one runs inside `RequestIdMiddleware`.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.detail = f"request body over {limit // 1024} KiB"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # A body sent in chunks, without a length: the app's error handlers answer this one.
+                raise HTTPException(413, self.detail)
+            return message
+
+        await self.app(scope, receive_within_limit, send)

@@ -102,6 +102,6 @@ async def registration_status(
     response_model=PackageRead,
     responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
 )
-async def get_package(package_id: PackageId, db: DbSession, session_id: SessionId) -> Any:
+async def get_package(session_id: SessionId, package_id: PackageId, db: DbSession) -> Any:
     """One of this session's packages."""
     return await service.get_package(db, session_id, package_id)
