@@ -393,6 +393,9 @@ async def test_price_job_on_demand(
     async with maker() as db:
         logged = (await db.scalars(select(CostCalculation.package_id))).all()
     assert sorted(logged) == sorted(ids)
+    # Operators see the run in the backlog.
+    run = (await _backlog(client, admin_headers))["last_pricing_run"]
+    assert run["outcome"] == "ok" and run["priced"] == len(ids), run
 
 
 async def test_unknown_job_is_pending(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
@@ -428,6 +431,8 @@ async def test_price_job_with_the_bank_down_fails_visibly(
     assert [packages[pid].delivery_cost_rub for pid in ids] == [None, None]
     async with maker() as db:
         assert (await db.scalars(select(CostCalculation))).all() == []
+    run = (await _backlog(client, admin_headers))["last_pricing_run"]
+    assert run["outcome"] == "no_rate" and run["priced"] == 0, run
 
 
 # --- the backlog ---
@@ -449,6 +454,7 @@ async def test_backlog_counts_what_waits(
         "registrations_pending": 0,
         "registrations_pending_exact": True,
         "last_cost_calculated_at": None,
+        "last_pricing_run": None,
     }
     session_id = (await add_session(maker))[0]
     await add_unpriced_packages(maker, session_id, [(1, "1", "1"), (2, "2", "2"), (3, "3", "3")])

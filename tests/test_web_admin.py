@@ -26,7 +26,7 @@ from tests.stack import ADMIN_TOKEN, Stack, WorkerProcess
 
 JOB_TIMEOUT_MS = 40_000
 RATE = Rate(usd_rub=Decimal("78.1959"), date=date(2025, 6, 26))
-MAX_BIGINT = 2**63 - 1
+MAX_JSON_INT = 2**53 - 1
 
 
 @asynccontextmanager
@@ -230,11 +230,13 @@ async def test_a_company_is_bound_and_a_409_names_the_holder(
         await expect(result).to_contain_text(f"посылку № {first} уже доставляет компания № 7")
         await screenshot(page, f"admin-conflict-{stack.name}.png")
 
-        # An id past 2^53 goes through exactly (a JS number would round it), and so does its 409.
-        await bind(second, MAX_BIGINT)
+        # The largest company id goes through exactly, and so does its 409; one more is refused on the page.
+        await bind(second, MAX_JSON_INT)
         await expect(result).to_have_attribute("data-outcome", "bound")
         await bind(second, 1)
-        await expect(result.locator("[data-holder]")).to_have_text(str(MAX_BIGINT))
+        await expect(result.locator("[data-holder]")).to_have_text(str(MAX_JSON_INT))
+        await bind(second, MAX_JSON_INT + 1)
+        await expect(page.locator("#bind-company-error")).to_be_visible()
 
         await bind(second + 1000, 3)
         await expect(result).to_have_text(f"Посылка № {second + 1000} не найдена.")

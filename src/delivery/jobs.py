@@ -1,9 +1,11 @@
 """The worker's database writes: the cost formula, creating a batch of packages, pricing the rest."""
 
+import json
 import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -13,10 +15,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.db import utcnow
-from delivery.errors import RegistrationImpossible
+from delivery.errors import RegistrationImpossible, ServiceUnavailable
 from delivery.models import MONEY_RUB, CostCalculation, DailyCostTotal, Package, PackageType
 from delivery.rates import Rate, RateCache
 from delivery.registration import RegistrationJob
+from delivery.store import KeyValue
 
 __all__ = ["compute_cost", "create_package", "create_packages", "price_now"]
 
@@ -47,6 +50,37 @@ async def price_now(maker: async_sessionmaker[AsyncSession], rates: RateCache) -
     priced = await price_pending(maker, rate)
     logger.info("pricing done priced=%s", priced)
     return priced
+
+
+#: Where the last pricing run's outcome is kept for operators (GET /admin/stats/backlog/).
+LAST_PRICING_KEY = "pricing:last_run"
+LAST_PRICING_TTL = 30 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class PricingRun:
+    finished_at: datetime
+    outcome: str  # ok, or no_rate
+    priced: int
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {"finished_at": self.finished_at.isoformat(), "outcome": self.outcome, "priced": self.priced}
+        )
+
+    @classmethod
+    def loads(cls, raw: str) -> "PricingRun":
+        data = json.loads(raw)
+        return cls(datetime.fromisoformat(data["finished_at"]), str(data["outcome"]), int(data["priced"]))
+
+
+async def record_pricing_run(store: KeyValue, *, outcome: str, priced: int) -> None:
+    """Keep the run's outcome for operators; a store that is away costs the record, not the run."""
+    run = PricingRun(utcnow(), outcome, priced)
+    try:
+        await store.set(LAST_PRICING_KEY, run.dumps(), ttl=LAST_PRICING_TTL)
+    except ServiceUnavailable as exc:
+        logger.warning("pricing run not recorded outcome=%s error=%r", outcome, exc)
 
 
 _PACKAGE_IDS = select(Package.registration_id, Package.id).where(

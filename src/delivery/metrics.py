@@ -39,6 +39,10 @@ BANK_LATENCY = Histogram(
     "delivery_bank_fetch_duration_seconds", "Bank request latency", buckets=LATENCY_BUCKETS
 )
 RATE_CACHE = Counter("delivery_rate_cache_lookups_total", "Rate cache lookups", ["result"])
+PRICING_RUNS = Counter(
+    "delivery_pricing_runs_total", "Pricing job runs finished", ["outcome"]
+)  # outcome: ok, no_rate
+PACKAGES_PRICED = Counter("delivery_packages_priced_total", "Packages priced by the pricing job")
 
 
 def multiprocess_dir() -> str | None:

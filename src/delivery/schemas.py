@@ -206,6 +206,12 @@ class DailyCostsRange(Schema):
     days: list[DailyCosts]
 
 
+class PricingRunRead(Schema):
+    finished_at: datetime
+    outcome: Literal["ok", "no_rate"] = Field(description="no_rate: the bank's rate could not be had")
+    priced: int = Field(examples=[12])
+
+
 class Backlog(Schema):
     """What is still waiting: packages without a cost, registrations not yet done, and the last pricing."""
 
@@ -216,6 +222,9 @@ class Backlog(Schema):
     registrations_pending_exact: bool
     last_cost_calculated_at: datetime | None = Field(
         description="when a cost was last calculated, at registration or by a pricing run; null: never"
+    )
+    last_pricing_run: PricingRunRead | None = Field(
+        description="the pricing job's last run (kept 30 days); null: none since"
     )
 
 

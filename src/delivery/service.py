@@ -19,6 +19,7 @@ from sqlalchemy.orm import joinedload
 
 from delivery.db import utcnow
 from delivery.errors import NotFound, TransportCompanyConflict
+from delivery.jobs import LAST_PRICING_KEY, PricingRun
 from delivery.models import (
     ClientSession,
     CostCalculation,
@@ -28,7 +29,7 @@ from delivery.models import (
     PackageType,
 )
 from delivery.registration import PENDING_INDEX
-from delivery.schemas import MAX_BIGINT, Backlog
+from delivery.schemas import MAX_BIGINT, Backlog, PricingRunRead
 from delivery.store import Store
 
 logger = logging.getLogger(__name__)
@@ -249,12 +250,20 @@ async def backlog(db: AsyncSession, store: Store) -> Backlog:
     """The operators' backlog: exact counts from the database and the store's index of pending
     registrations (up to `PENDING_COUNT_CAP`), and the last cost calculation from the cost log."""
     pending = await store.index_below(PENDING_INDEX, math.inf, PENDING_COUNT_CAP + 1)
+    last_run = await store.get(LAST_PRICING_KEY)
     return Backlog(
         packages_without_cost=await count_awaiting_cost(db),
         registrations_pending=min(len(pending), PENDING_COUNT_CAP),
         registrations_pending_exact=len(pending) <= PENDING_COUNT_CAP,
         last_cost_calculated_at=await db.scalar(select(func.max(CostCalculation.calculated_at))),
+        last_pricing_run=None
+        if last_run is None
+        else PricingRunRead.model_validate(PricingRun.loads(last_run)),
     )
+
+
+def _pricing_run(raw: str | None) -> PricingRunRead | None:
+    return None if raw is None else PricingRunRead.model_validate(PricingRun.loads(raw))
 
 
 async def count_awaiting_cost(db: AsyncSession) -> int:

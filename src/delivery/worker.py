@@ -38,6 +38,7 @@ from delivery.broker import (
 )
 from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
+from delivery.errors import RateUnavailable
 from delivery.rates import RateCache, new_http_client
 from delivery.registration import TRANSIENT, RegistrationJob, backoff
 from delivery.store import Store, create_store
@@ -236,13 +237,22 @@ def price_pending_packages(self: Task[Any, Any]) -> dict[str, int]:
     """Price every package whose cost is still unknown."""
     rt = runtime()
     try:
-        return {"priced": run(jobs.price_now(rt.maker, rt.rates))}
+        priced = run(jobs.price_now(rt.maker, rt.rates))
+    except RateUnavailable:
+        # The run fails visibly (its state says why); the next one tries again.
+        metrics.PRICING_RUNS.labels("no_rate").inc()
+        run(jobs.record_pricing_run(rt.store, outcome="no_rate", priced=0))
+        raise
     except TRANSIENT as exc:
         # The database away, or a deadlock with an overlapping run (both update the package counts of the
         # sessions they price, in package order): the batches committed stay done, the rest is tried again.
         metrics.JOB_RETRIES.labels(PRICE_TASK, "transient").inc()
         logger.warning("pricing job will retry error=%r", exc)
         raise self.retry(countdown=backoff(self.request.retries, cap=PRICE_MAX_BACKOFF), exc=exc) from None
+    metrics.PRICING_RUNS.labels("ok").inc()
+    metrics.PACKAGES_PRICED.inc(priced)
+    run(jobs.record_pricing_run(rt.store, outcome="ok", priced=priced))
+    return {"priced": priced}
 
 
 def recovery_grace(settings: Settings) -> float:

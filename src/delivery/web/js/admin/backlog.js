@@ -23,6 +23,11 @@ export async function loadBacklog() {
     $("backlog-pending").textContent = `${data.registrations_pending_exact ? "" : "не меньше "}${data.registrations_pending}`;
     $("backlog-last").textContent =
       data.last_cost_calculated_at == null ? "ещё не было" : formatDateTime(data.last_cost_calculated_at);
+    const run = data.last_pricing_run;
+    $("backlog-run").textContent =
+      run == null
+        ? "ещё не было"
+        : `${formatDateTime(run.finished_at)}: ${run.outcome === "ok" ? `рассчитано посылок: ${run.priced}` : "нет курса банка"}`;
     $("backlog-updated").textContent = `Обновлено в ${new Date().toLocaleTimeString("ru-RU")}`;
   } catch (error) {
     if (error instanceof TokenRefused) return;

@@ -6,8 +6,10 @@ import { exactInteger } from "../lib/api.js";
 import { checkId, splitErrors } from "../lib/validation.js";
 import { adminApi, TokenRefused } from "./operator.js";
 
-// The largest id a BIGINT column holds: the API's bound for package and company ids.
-const MAX_ID = "9223372036854775807";
+// The API's bounds: a package id is a BIGINT; a company id is at most 2^53 - 1, which every JSON tool
+// holds exactly (the page still sends its digits as they are).
+const MAX_PACKAGE_ID = "9223372036854775807";
+const MAX_COMPANY_ID = "9007199254740991";
 const INPUTS = { package_id: "bind-package", company_id: "bind-company" };
 
 function setError(field, message) {
@@ -58,8 +60,8 @@ async function bind(packageId, companyId) {
 async function onSubmit(event) {
   event.preventDefault();
   $("bind-result").replaceChildren();
-  const packageId = checkId($(INPUTS.package_id).value, MAX_ID);
-  const companyId = checkId($(INPUTS.company_id).value, MAX_ID);
+  const packageId = checkId($(INPUTS.package_id).value, MAX_PACKAGE_ID);
+  const companyId = checkId($(INPUTS.company_id).value, MAX_COMPANY_ID);
   setError("package_id", packageId ? null : "Введите номер посылки: целое число от 1");
   setError("company_id", companyId ? null : "Введите номер компании: целое число от 1");
   if (!packageId || !companyId) {
