@@ -8,13 +8,27 @@ registration id of the job, it was logged under.
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+#: The registration a line is about; in the worker, a batch's lines name its registrations, comma-separated.
 registration_id: ContextVar[str | None] = ContextVar("registration_id", default=None)
+
+
+@contextmanager
+def about_registrations(*ids: str) -> Iterator[None]:
+    """Every line logged within is about these registrations."""
+    token = registration_id.set(",".join(ids) or None)
+    try:
+        yield
+    finally:
+        registration_id.reset(token)
+
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]%(context)s %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"

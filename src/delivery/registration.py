@@ -27,7 +27,7 @@ import sqlalchemy.exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from delivery import metrics
+from delivery import logs, metrics
 from delivery.errors import NotFound, RateUnavailable, RegistrationImpossible, ServiceUnavailable
 from delivery.models import Package
 from delivery.rates import Rate, RateCache
@@ -325,27 +325,33 @@ async def record_outcomes(
     """Every job's status in one round trip: registered with its package id, or failed with a message."""
     records = []
     for job in batch:
-        outcome = created[job.registration_id]
-        if isinstance(outcome, int):
-            record = StatusRecord(job.session_id, "registered", package_id=outcome)
-            metrics.REGISTRATIONS_DONE.labels("registered" if cost_known else "registered_without_cost").inc()
-            logger.info(
-                "package registered registration_id=%s package_id=%s cost_known=%s",
-                job.registration_id,
-                outcome,
-                cost_known,
-            )
-        else:
-            record = StatusRecord(job.session_id, "failed", error_message=outcome)
-            metrics.REGISTRATIONS_DONE.labels("failed").inc()
-            logger.error("registration failed registration_id=%s reason=%s", job.registration_id, outcome)
-        records.append((status_key(job.registration_id), record.dumps()))
+        with logs.about_registrations(job.registration_id):
+            records.append(_outcome(job, created[job.registration_id], cost_known=cost_known))
     replaced = await store.finish_pending(
         records, index=PENDING_INDEX, members=[j.registration_id for j in batch]
     )
     for job, done in zip(batch, replaced, strict=True):
         if not done:
-            logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
+            with logs.about_registrations(job.registration_id):
+                logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
+
+
+def _outcome(job: RegistrationJob, outcome: int | str, *, cost_known: bool) -> tuple[str, str]:
+    """A job's status record (its key and value), counted and logged."""
+    if isinstance(outcome, int):
+        record = StatusRecord(job.session_id, "registered", package_id=outcome)
+        metrics.REGISTRATIONS_DONE.labels("registered" if cost_known else "registered_without_cost").inc()
+        logger.info(
+            "package registered registration_id=%s package_id=%s cost_known=%s",
+            job.registration_id,
+            outcome,
+            cost_known,
+        )
+    else:
+        record = StatusRecord(job.session_id, "failed", error_message=outcome)
+        metrics.REGISTRATIONS_DONE.labels("failed").inc()
+        logger.error("registration failed registration_id=%s reason=%s", job.registration_id, outcome)
+    return status_key(job.registration_id), record.dumps()
 
 
 # --- 3. recovery (beat) ---

@@ -200,6 +200,11 @@ def register_packages(requests: list[SimpleRequest]) -> bool:
     """Register a batch of accepted packages; jobs to try later are published again before it returns."""
     batch = [RegistrationJob.from_json(request.args[0]) for request in requests]
     retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
+    with logs.about_registrations(*(job.registration_id for job in batch)):
+        return _register_batch(batch, retries)
+
+
+def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
     logger.info(
         "registration batch taken size=%s retries=%s pid=%s registration_ids=%s",
         len(batch),
