@@ -7,6 +7,7 @@ lifespan, the worker in `delivery.worker`.
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ import aio_pika.abc
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from kombu.transport.native_delayed_delivery import calculate_routing_key
 
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.registration import RegistrationJob
@@ -38,6 +40,38 @@ BATCH_INTERVAL = 0.02
 PREFETCH_MULTIPLIER = 2 * BATCH_SIZE
 #: The longest a publish may take, connecting included, before the API answers 503.
 PUBLISH_TIMEOUT = 5.0
+#: The first of the delay levels of Celery's native delayed delivery, which the worker declares at start: a
+#: job published here with a countdown in its routing key reaches its queue when the countdown is over.
+DELAYED_DELIVERY_EXCHANGE = "celery_delayed_27"
+
+
+def queue_arguments(settings: Settings) -> dict[str, Any]:
+    """The arguments the queues are declared with, by the worker and by the API alike (a difference is a
+    PRECONDITION_FAILED from RabbitMQ)."""
+    return {"x-queue-type": "quorum"} if settings.BROKER_QUEUE_TYPE == "quorum" else {}
+
+
+def exchange_type(settings: Settings) -> str:
+    """Topic exchanges for quorum queues, direct ones for classic queues.
+
+    A quorum queue has no per-message delay of its own: a job to run later goes through Celery's native
+    delayed delivery, whose last hop is a binding from its exchange to the queue's exchange, made for topic
+    (and fanout) exchanges only. Classic queues keep the direct exchanges they were first declared with:
+    RabbitMQ refuses to declare an existing exchange again with another type.
+    """
+    return "topic" if settings.BROKER_QUEUE_TYPE == "quorum" else "direct"
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    return [
+        Queue(
+            name,
+            Exchange(name, type=exchange_type(settings)),
+            routing_key=name,
+            queue_arguments=queue_arguments(settings),
+        )
+        for name in (REGISTRATION_QUEUE, PRICING_QUEUE)
+    ]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -60,7 +94,7 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
-        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (REGISTRATION_QUEUE, PRICING_QUEUE)],
+        task_queues=task_queues(settings),
         task_default_queue=REGISTRATION_QUEUE,
         task_routes={
             REGISTER_TASK: {"queue": REGISTRATION_QUEUE},
@@ -81,6 +115,11 @@ def create_celery(settings: Settings) -> Celery:
                 "options": {"expires": RECOVERY_INTERVAL},
             },
         },
+        # Quorum queues have no global QoS: the worker sees their `x-queue-type` and sets its prefetch per
+        # consumer. Jobs with a countdown wait in quorum queues too (native delayed delivery), so that a
+        # node's loss loses no retry either.
+        worker_detect_quorum_queues=True,
+        broker_native_delayed_delivery_queue_type="quorum",
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
@@ -89,6 +128,7 @@ def create_celery(settings: Settings) -> Celery:
 
 def _broker_url(settings: Settings) -> str:
     if settings.CELERY_BROKER_URL is not None:
+        # Several nodes separated by `;`: kombu's failover list, tried in turn on every (re)connection.
         return str(settings.CELERY_BROKER_URL)
     # kombu's SQLAlchemy transport on an SQLite file: each message is taken in a write transaction,
     # so no two consumers take the same message and none reads a half-written one.
@@ -127,8 +167,22 @@ def publish_registration(
         job.registration_id, REGISTER_TASK, args, {}, countdown=countdown, retries=retries
     )
     route = app.amqp.router.route({}, REGISTER_TASK, args, {})
+    if countdown and _quorum(route["queue"]):
+        # A worker would hold a job whose time has not come in memory, unacknowledged, where a quorum
+        # queue gives it no room (static prefetch) and the loss of the worker's node would hand it back
+        # early. It waits in the delay queues instead, whole seconds (the levels' unit), rounded up so that
+        # it never arrives before its `eta`.
+        seconds = max(1, math.ceil(countdown))
+        route = {
+            "exchange": Exchange(DELAYED_DELIVERY_EXCHANGE, type="topic"),
+            "routing_key": calculate_routing_key(seconds, route["queue"].routing_key),
+        }
     with app.producer_or_acquire() as producer:
         app.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
+
+
+def _quorum(queue: Queue) -> bool:
+    return bool((queue.queue_arguments or {}).get("x-queue-type") == "quorum")
 
 
 def queued_registrations(app: Celery) -> int:
@@ -169,12 +223,25 @@ class AmqpPublisher:
     Publishes share the channel, each awaiting its own confirm, so concurrent requests cost one round trip
     each, not one apiece in turn. Every publish has a deadline (`timeout`, connecting included): a broker
     that blocks publishers (a memory or disk alarm) or does not answer makes a 503, not a hung request.
-    After any failure the connection is dropped and the next publish connects again, trying each URL.
+    After any failure the connection is dropped and the next publish connects again, trying each URL in
+    turn, starting after the one that failed: the nodes of a cluster, the one lost tried last.
     """
 
-    def __init__(self, urls: Sequence[str], *, timeout: float = PUBLISH_TIMEOUT) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        timeout: float = PUBLISH_TIMEOUT,
+        queue_arguments: dict[str, Any] | None = None,
+        exchange_type: str = "direct",
+    ) -> None:
         self._urls = list(urls)
         self._timeout = timeout
+        self._queue_arguments = queue_arguments or {}
+        self._exchange_type = aio_pika.ExchangeType(exchange_type)
+        #: Which URL the next connection tries first, and which one the current connection uses.
+        self._first = 0
+        self._current = 0
         self._lock = asyncio.Lock()
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
@@ -204,24 +271,31 @@ class AmqpPublisher:
             if self._exchange is not None:
                 return self._exchange
             errors = []
-            for url in self._urls:
+            # A node whose host is gone answers nothing until the timeout: each has its share of the
+            # deadline, so the others are still tried within it.
+            attempt_timeout = self._timeout / len(self._urls)
+            for offset in range(len(self._urls)):
+                index = (self._first + offset) % len(self._urls)
+                url = self._urls[index]
                 try:
-                    connection = await aio_pika.connect(url, timeout=self._timeout)
-                except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                    connection = await aio_pika.connect(url, timeout=attempt_timeout)
+                except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
                     errors.append(exc)
                     continue
                 try:
                     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                     # Declared as Celery declares them, so whichever side comes first, both agree.
                     exchange = await channel.declare_exchange(
-                        REGISTRATION_QUEUE, aio_pika.ExchangeType.DIRECT, durable=True
+                        REGISTRATION_QUEUE, self._exchange_type, durable=True
                     )
-                    queue = await channel.declare_queue(REGISTRATION_QUEUE, durable=True)
+                    queue = await channel.declare_queue(
+                        REGISTRATION_QUEUE, durable=True, arguments=self._queue_arguments
+                    )
                     await queue.bind(exchange, routing_key=REGISTRATION_QUEUE)
                 except BaseException:
                     await connection.close()
                     raise
-                self._connection, self._exchange = connection, exchange
+                self._connection, self._exchange, self._current = connection, exchange, index
                 logger.info("publisher connected broker=%s", _without_password(url))
                 return exchange
             raise ConnectionError(f"no broker answered: {errors!r}")
@@ -229,6 +303,7 @@ class AmqpPublisher:
     async def _drop(self) -> None:
         connection, self._connection, self._exchange = self._connection, None, None
         if connection is not None:
+            self._first = (self._current + 1) % len(self._urls)
             try:
                 await asyncio.wait_for(connection.close(), timeout=1.0)
             except BaseException as exc:  # the connection is gone either way
@@ -236,6 +311,17 @@ class AmqpPublisher:
 
     async def close(self) -> None:
         await self._drop()
+
+
+def amqp_publisher(settings: Settings) -> AmqpPublisher | None:
+    """The API's publisher on the broker of `settings`; None on the embedded broker (Celery's producer)."""
+    if settings.CELERY_BROKER_URL is None:
+        return None
+    return AmqpPublisher(
+        str(settings.CELERY_BROKER_URL).split(";"),
+        queue_arguments=queue_arguments(settings),
+        exchange_type=exchange_type(settings),
+    )
 
 
 def _without_password(url: str) -> str:
