@@ -9,15 +9,18 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aio_pika
 import aio_pika.abc
 from celery import Celery
+from celery.worker.consumer import Consumer
+from celery.worker.consumer.delayed_delivery import DelayedDelivery
 from kombu import Exchange, Queue
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from kombu.transport.native_delayed_delivery import calculate_routing_key
+from kombu.utils.functional import retry_over_time
 
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.registration import RegistrationJob
@@ -120,10 +123,52 @@ def create_celery(settings: Settings) -> Celery:
         # node's loss loses no retry either.
         worker_detect_quorum_queues=True,
         broker_native_delayed_delivery_queue_type="quorum",
+        worker_consumer=f"{__name__}:{ClusterConsumer.__name__}",
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
     return app
+
+
+class DelayedDeliveryThroughOneNode(DelayedDelivery):
+    """Celery's set-up of native delayed delivery, through the node the worker is connected to alone.
+
+    Celery's own step declares the delay exchanges and queues through every URL of the failover list, and
+    retries one that does not answer for about 17 s, at every (re)connection, before the worker takes jobs
+    again: the loss of a node stood the worker still that long. The nodes of a cluster share their
+    exchanges and queues, so declaring them through one node declares them on all.
+    """
+
+    def start(self, c: Any) -> None:
+        celery_step: Any = self  # its helpers are Celery's, untyped
+        celery_step._validate_configuration(c.app)
+        url = c.connection.as_uri(include_password=True)
+        try:
+            retry_over_time(
+                celery_step._setup_delayed_delivery,
+                args=(c, url),
+                catch=(OSError,),
+                errback=celery_step._on_retry,
+                interval_start=1.0,
+                max_retries=3,
+            )
+        except Exception as exc:  # as Celery does: the worker still takes the jobs that need no delay
+            logger.critical("native delayed delivery not set up through %s: %r", c.connection.as_uri(), exc)
+
+
+_ConsumerBlueprint: Any = Consumer.Blueprint
+
+
+class ClusterConsumer(Consumer):
+    """Celery's consumer, with the delayed delivery step above in place of Celery's."""
+
+    class Blueprint(_ConsumerBlueprint):  # type: ignore[misc]
+        default_steps: ClassVar[list[str]] = [
+            f"{__name__}:{DelayedDeliveryThroughOneNode.__name__}"
+            if step.endswith(":DelayedDelivery")
+            else step
+            for step in _ConsumerBlueprint.default_steps
+        ]
 
 
 def _broker_url(settings: Settings) -> str:
