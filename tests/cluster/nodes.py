@@ -277,9 +277,10 @@ class Cluster:
                 return self.node(leader.strip())
         raise ClusterError(f"no leader for {queue} seen from {via.name}")
 
-    def queue_type(self, queue: str) -> str:
+    def queue_type(self, queue: str, vhost: str = "/") -> str:
         via = self.running()[0]
-        for line in via.ctl_output("list_queues", "name", "type", "--no-table-headers", "-q").splitlines():
+        output = via.ctl_output("list_queues", "-p", vhost, "name", "type", "--no-table-headers", "-q")
+        for line in output.splitlines():
             name, _, kind = line.strip().partition("\t")
             if name == queue:
                 return kind.strip()

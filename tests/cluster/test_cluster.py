@@ -7,14 +7,23 @@ leads the registration queue listed first, so both are connected to the node tha
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy import select
 
-from delivery.broker import PRICE_TASK, PRICING_QUEUE, REGISTRATION_QUEUE, create_celery
+from delivery.broker import (
+    PRICE_TASK,
+    PRICING_QUEUE,
+    REGISTRATION_QUEUE,
+    amqp_publisher,
+    create_celery,
+    queued_registrations,
+)
 from delivery.models import Package
+from delivery.registration import RegistrationJob
 from tests.chaos.burst import Burst, open_sessions, send_burst
 from tests.chaos.test_faults import registered_exactly_once
 from tests.cluster.nodes import Cluster, Node
@@ -48,6 +57,30 @@ async def test_queues_are_quorum_queues_on_every_node(cluster: Cluster, worker: 
         assert all(node.name in members for node in cluster.nodes), members
     # Quorum queues refuse a global prefetch: the worker set its prefetch per consumer and consumes.
     assert "Global QoS is disabled" in worker.log()
+
+
+async def test_the_api_and_the_worker_declare_the_queues_alike(cluster: Cluster, stack: Stack) -> None:
+    """The API's publisher first on an empty vhost, then the worker's Celery app: the same arguments, or
+    RabbitMQ would refuse the second declaration (PRECONDITION_FAILED), and the job is in the queue."""
+    vhost = "declared-by-the-api-first"
+    cluster.nodes[0].ctl("add_vhost", vhost)
+    cluster.nodes[0].ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    settings = stack.settings.model_copy(update={"CELERY_BROKER_URL": cluster.urls(vhost)})
+    job = RegistrationJob(str(uuid.uuid4()), 1, "parcel", "1.000", 1, "10.00", time.time())
+    publisher = amqp_publisher(settings)
+    assert publisher is not None
+    app = create_celery(settings)
+    try:
+        await publisher.publish(job)
+        with app.connection_for_write() as connection:
+            for queue in app.amqp.queues.values():
+                queue.bind(connection.default_channel).declare()
+        assert await asyncio.to_thread(queued_registrations, app) == 1
+        assert cluster.queue_type(REGISTRATION_QUEUE, vhost) == "quorum"
+    finally:
+        await publisher.close()
+        app.close()
+        cluster.nodes[0].ctl("delete_vhost", vhost)
 
 
 async def test_registration_retried_later_through_the_delay_queues(
