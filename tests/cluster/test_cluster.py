@@ -218,6 +218,9 @@ async def test_leader_killed_mid_burst(
         assert worker.alive(), worker.log()[-4000:]
         assert api.process is not None and api.process.poll() is None
         assert cluster.queue_leader(REGISTRATION_QUEUE) is not leader
+        # A load balancer keeps the API in rotation: its readiness probe reaches another node.
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            assert (await client.get("/readyz")).status_code == 200
         report("leader SIGKILL", burst, flow, cluster, record_property)
     finally:
         api.stop()
