@@ -7,16 +7,21 @@ lifespan, the worker in `delivery.worker`.
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aio_pika
 import aio_pika.abc
 from celery import Celery
+from celery.worker.consumer import Consumer
+from celery.worker.consumer.delayed_delivery import DelayedDelivery
 from kombu import Exchange, Queue
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from kombu.transport.native_delayed_delivery import calculate_routing_key
+from kombu.utils.functional import retry_over_time
 
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.registration import RegistrationJob
@@ -42,6 +47,38 @@ BATCH_INTERVAL = 0.02
 PREFETCH_MULTIPLIER = 2 * BATCH_SIZE
 #: The longest a publish may take, connecting included, before the API answers 503.
 PUBLISH_TIMEOUT = 5.0
+#: The first of the delay levels of Celery's native delayed delivery, which the worker declares at start: a
+#: job published here with a countdown in its routing key reaches its queue when the countdown is over.
+DELAYED_DELIVERY_EXCHANGE = "celery_delayed_27"
+
+
+def queue_arguments(settings: Settings) -> dict[str, Any]:
+    """The arguments the queues are declared with, by the worker and by the API alike (a difference is a
+    PRECONDITION_FAILED from RabbitMQ)."""
+    return {"x-queue-type": "quorum"} if settings.BROKER_QUEUE_TYPE == "quorum" else {}
+
+
+def exchange_type(settings: Settings) -> str:
+    """Topic exchanges for quorum queues, direct ones for classic queues.
+
+    A quorum queue has no per-message delay of its own: a job to run later goes through Celery's native
+    delayed delivery, whose last hop is a binding from its exchange to the queue's exchange, made for topic
+    (and fanout) exchanges only. Classic queues keep the direct exchanges they were first declared with:
+    RabbitMQ refuses to declare an existing exchange again with another type.
+    """
+    return "topic" if settings.BROKER_QUEUE_TYPE == "quorum" else "direct"
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    return [
+        Queue(
+            name,
+            Exchange(name, type=exchange_type(settings)),
+            routing_key=name,
+            queue_arguments=queue_arguments(settings),
+        )
+        for name in (REGISTRATION_QUEUE, PRICING_QUEUE)
+    ]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -67,7 +104,7 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
-        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in (REGISTRATION_QUEUE, PRICING_QUEUE)],
+        task_queues=task_queues(settings),
         task_default_queue=REGISTRATION_QUEUE,
         task_routes={
             REGISTER_TASK: {"queue": REGISTRATION_QUEUE},
@@ -94,6 +131,12 @@ def create_celery(settings: Settings) -> Celery:
                 "options": {"expires": MAINTENANCE_INTERVAL},
             },
         },
+        # Quorum queues have no global QoS: the worker sees their `x-queue-type` and sets its prefetch per
+        # consumer. Jobs with a countdown wait in quorum queues too (native delayed delivery), so that a
+        # node's loss loses no retry either.
+        worker_detect_quorum_queues=True,
+        broker_native_delayed_delivery_queue_type="quorum",
+        worker_consumer=f"{__name__}:{ClusterConsumer.__name__}",
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
@@ -104,8 +147,50 @@ def embedded_broker_file() -> Path:
     return (EMBEDDED_DIR / "broker.sqlite3").resolve()
 
 
+class DelayedDeliveryThroughOneNode(DelayedDelivery):
+    """Celery's set-up of native delayed delivery, through the node the worker is connected to alone.
+
+    Celery's own step declares the delay exchanges and queues through every URL of the failover list, and
+    retries one that does not answer for about 17 s, at every (re)connection, before the worker takes jobs
+    again: the loss of a node stood the worker still that long. The nodes of a cluster share their
+    exchanges and queues, so declaring them through one node declares them on all.
+    """
+
+    def start(self, c: Any) -> None:
+        celery_step: Any = self  # its helpers are Celery's, untyped
+        celery_step._validate_configuration(c.app)
+        url = c.connection.as_uri(include_password=True)
+        try:
+            retry_over_time(
+                celery_step._setup_delayed_delivery,
+                args=(c, url),
+                catch=(OSError,),
+                errback=celery_step._on_retry,
+                interval_start=1.0,
+                max_retries=3,
+            )
+        except Exception as exc:  # as Celery does: the worker still takes the jobs that need no delay
+            logger.critical("native delayed delivery not set up through %s: %r", c.connection.as_uri(), exc)
+
+
+_ConsumerBlueprint: Any = Consumer.Blueprint
+
+
+class ClusterConsumer(Consumer):
+    """Celery's consumer, with the delayed delivery step above in place of Celery's."""
+
+    class Blueprint(_ConsumerBlueprint):  # type: ignore[misc]
+        default_steps: ClassVar[list[str]] = [
+            f"{__name__}:{DelayedDeliveryThroughOneNode.__name__}"
+            if step.endswith(":DelayedDelivery")
+            else step
+            for step in _ConsumerBlueprint.default_steps
+        ]
+
+
 def _broker_url(settings: Settings) -> str:
     if settings.CELERY_BROKER_URL is not None:
+        # Several nodes separated by `;`: kombu's failover list, tried in turn on every (re)connection.
         return str(settings.CELERY_BROKER_URL)
     # kombu's SQLAlchemy transport on an SQLite file: each message is taken in a write transaction,
     # so no two consumers take the same message and none reads a half-written one.
@@ -144,8 +229,22 @@ def publish_registration(
         job.registration_id, REGISTER_TASK, args, {}, countdown=countdown, retries=retries
     )
     route = app.amqp.router.route({}, REGISTER_TASK, args, {})
+    if countdown and _quorum(route["queue"]):
+        # A worker would hold a job whose time has not come in memory, unacknowledged, where a quorum
+        # queue gives it no room (static prefetch) and the loss of the worker's node would hand it back
+        # early. It waits in the delay queues instead, whole seconds (the levels' unit), rounded up so that
+        # it never arrives before its `eta`.
+        seconds = max(1, math.ceil(countdown))
+        route = {
+            "exchange": Exchange(DELAYED_DELIVERY_EXCHANGE, type="topic"),
+            "routing_key": calculate_routing_key(seconds, route["queue"].routing_key),
+        }
     with app.producer_or_acquire() as producer:
         app.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
+
+
+def _quorum(queue: Queue) -> bool:
+    return bool((queue.queue_arguments or {}).get("x-queue-type") == "quorum")
 
 
 def queued_registrations(app: Celery) -> int:
@@ -186,12 +285,25 @@ class AmqpPublisher:
     Publishes share the channel, each awaiting its own confirm, so concurrent requests cost one round trip
     each, not one apiece in turn. Every publish has a deadline (`timeout`, connecting included): a broker
     that blocks publishers (a memory or disk alarm) or does not answer makes a 503, not a hung request.
-    After any failure the connection is dropped and the next publish connects again, trying each URL.
+    After any failure the connection is dropped and the next publish connects again, trying each URL in
+    turn, starting after the one that failed: the nodes of a cluster, the one lost tried last.
     """
 
-    def __init__(self, urls: Sequence[str], *, timeout: float = PUBLISH_TIMEOUT) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        timeout: float = PUBLISH_TIMEOUT,
+        queue_arguments: dict[str, Any] | None = None,
+        exchange_type: str = "direct",
+    ) -> None:
         self._urls = list(urls)
         self._timeout = timeout
+        self._queue_arguments = queue_arguments or {}
+        self._exchange_type = aio_pika.ExchangeType(exchange_type)
+        #: Which URL the next connection tries first, and which one the current connection uses.
+        self._first = 0
+        self._current = 0
         self._lock = asyncio.Lock()
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
@@ -222,24 +334,31 @@ class AmqpPublisher:
             if self._exchange is not None:
                 return self._exchange
             errors = []
-            for url in self._urls:
+            # A node whose host is gone answers nothing until the timeout: each has its share of the
+            # deadline, so the others are still tried within it.
+            attempt_timeout = self._timeout / len(self._urls)
+            for offset in range(len(self._urls)):
+                index = (self._first + offset) % len(self._urls)
+                url = self._urls[index]
                 try:
-                    connection = await aio_pika.connect(url, timeout=self._timeout)
-                except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                    connection = await aio_pika.connect(url, timeout=attempt_timeout)
+                except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
                     errors.append(exc)
                     continue
                 try:
                     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                     # Declared as Celery declares them, so whichever side comes first, both agree.
                     exchange = await channel.declare_exchange(
-                        REGISTRATION_QUEUE, aio_pika.ExchangeType.DIRECT, durable=True
+                        REGISTRATION_QUEUE, self._exchange_type, durable=True
                     )
-                    queue = await channel.declare_queue(REGISTRATION_QUEUE, durable=True)
+                    queue = await channel.declare_queue(
+                        REGISTRATION_QUEUE, durable=True, arguments=self._queue_arguments
+                    )
                     await queue.bind(exchange, routing_key=REGISTRATION_QUEUE)
                 except BaseException:
                     await connection.close()
                     raise
-                self._connection, self._exchange = connection, exchange
+                self._connection, self._exchange, self._current = connection, exchange, index
                 logger.info("publisher connected broker=%s", _without_password(url))
                 return exchange
             raise ConnectionError(f"no broker answered: {errors!r}")
@@ -248,6 +367,7 @@ class AmqpPublisher:
         """Forget the connection; it is closed in the background (a blocked broker would hold up the 503)."""
         connection, self._connection, self._exchange = self._connection, None, None
         if connection is not None:
+            self._first = (self._current + 1) % len(self._urls)
             task = asyncio.create_task(_close(connection))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
@@ -263,6 +383,17 @@ async def _close(connection: aio_pika.abc.AbstractConnection) -> None:
         await asyncio.wait_for(connection.close(), timeout=2.0)
     except Exception as exc:  # the connection is gone either way
         logger.debug("publisher connection closed with error=%r", exc)
+
+
+def amqp_publisher(settings: Settings) -> AmqpPublisher | None:
+    """The API's publisher on the broker of `settings`; None on the embedded broker (Celery's producer)."""
+    if settings.CELERY_BROKER_URL is None:
+        return None
+    return AmqpPublisher(
+        str(settings.CELERY_BROKER_URL).split(";"),
+        queue_arguments=queue_arguments(settings),
+        exchange_type=exchange_type(settings),
+    )
 
 
 def _without_password(url: str) -> str:

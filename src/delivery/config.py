@@ -1,13 +1,43 @@
 """Settings: exactly the variables of the API contract, read from the environment and `.env`."""
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import AnyUrl, Field, HttpUrl, PositiveInt, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    AnyUrl,
+    Field,
+    HttpUrl,
+    PositiveInt,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where the embedded defaults keep their files (SQLite database, broker, store), relative to
 #: the working directory: `make run` and the worker must start in the same folder.
 EMBEDDED_DIR = Path("var")
+
+_URL = TypeAdapter(AnyUrl)
+
+
+def _each_a_url(value: str) -> str:
+    """The nodes of a broker cluster as kombu's failover list, `amqp://a;amqp://b`: each part a URL."""
+    parts = value.split(";")
+    for index, part in enumerate(parts, start=1):
+        try:
+            _URL.validate_python(part)
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"]
+            where = f"URL {index} of the ';'-separated list: " if len(parts) > 1 else ""
+            raise ValueError(f"{where}{message}") from None
+    return value
+
+
+#: One broker URL, or several nodes of a cluster separated by `;`, tried in turn.
+BrokerUrls = Annotated[str, AfterValidator(_each_a_url)]
 
 
 class Settings(BaseSettings):
@@ -17,7 +47,9 @@ class Settings(BaseSettings):
 
     DATABASE_URL: str = f"sqlite+aiosqlite:///./{EMBEDDED_DIR}/delivery.sqlite3"
     REDIS_URL: AnyUrl | None = None
-    CELERY_BROKER_URL: AnyUrl | None = None
+    CELERY_BROKER_URL: BrokerUrls | None = None
+    #: `quorum` declares the queues as RabbitMQ quorum queues (replicated across a cluster of 3+ nodes).
+    BROKER_QUEUE_TYPE: Literal["classic", "quorum"] = "classic"
     CBR_DAILY_URL: HttpUrl = HttpUrl("https://www.cbr-xml-daily.ru/daily_json.js")
     RATE_CACHE_TTL: PositiveInt = 86400
     STATUS_TTL: PositiveInt = 86400

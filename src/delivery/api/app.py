@@ -13,7 +13,7 @@ from delivery.api import admin, health, packages, sessions, web
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
 from delivery.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from delivery.broker import AmqpPublisher, create_celery
+from delivery.broker import amqp_publisher, create_celery
 from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
 from delivery.store import create_store
@@ -32,8 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings, autocommit=True)
         store = create_store(settings)
         celery = create_celery(settings)
-        broker = settings.CELERY_BROKER_URL
-        publisher = None if broker is None else AmqpPublisher(str(broker).split(";"))
+        publisher = amqp_publisher(settings)
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
