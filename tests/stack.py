@@ -95,6 +95,8 @@ def common_settings(bank_url: str) -> dict[str, Any]:
         "SESSION_TTL": 3600,
         "ADMIN_TOKEN": SecretStr(ADMIN_TOKEN),
         "COOKIE_SECURE": False,
+        # One API process unless a test asks for more: the suite shares the machine's cores.
+        "WEB_CONCURRENCY": 1,
     }
 
 

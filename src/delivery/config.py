@@ -1,5 +1,6 @@
 """Settings: exactly the variables of the API contract, read from the environment and `.env`."""
 
+import os
 from pathlib import Path
 
 from pydantic import AnyUrl, Field, HttpUrl, PositiveInt, SecretStr, field_validator
@@ -8,6 +9,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Where the embedded defaults keep their files (SQLite database, broker, store), relative to
 #: the working directory: `make run` and the worker must start in the same folder.
 EMBEDDED_DIR = Path("var")
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on (a container's cpuset, say), not all of the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -28,6 +34,7 @@ class Settings(BaseSettings):
     ADMIN_TOKEN: SecretStr | None = None
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
+    WEB_CONCURRENCY: PositiveInt = Field(default_factory=_cpu_count)
 
     @field_validator("ADMIN_TOKEN")
     @classmethod
