@@ -145,6 +145,43 @@ async def test_allow_lists_every_method_of_the_path(client: httpx.AsyncClient, s
         assert response.json() == {"detail": "Method Not Allowed"}
 
 
+async def test_documented_error_bodies_are_the_ones_sent(
+    customer: httpx.AsyncClient, spec: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    """What a client reads in the document's examples is what it gets, error by error and route by route."""
+    sent = [
+        (
+            "get",
+            "/packages/status/{status_id}/",
+            404,
+            await customer.get(f"/packages/status/{uuid.uuid4()}/"),
+        ),
+        ("get", "/packages/{package_id}/", 404, await customer.get("/packages/0/")),
+        (
+            "post",
+            "/packages/{package_id}/transport-company/",
+            404,
+            await customer.post(
+                "/packages/0/transport-company/", json={"company_id": 7}, headers=admin_headers
+            ),
+        ),
+        ("post", "/admin/jobs/price-packages/", 401, await customer.post("/admin/jobs/price-packages/")),
+        (
+            "post",
+            "/admin/jobs/price-packages/",
+            403,
+            await customer.post("/admin/jobs/price-packages/", headers={"X-Admin-Token": "wrong"}),
+        ),
+    ]
+    customer.cookies.clear()
+    sent.append(("get", "/packages/", 401, await customer.get("/packages/")))
+    operations = _operations(spec)
+    for method, path, status, response in sent:
+        documented = operations[(method, path)]["responses"][str(status)]["content"]["application/json"]
+        assert response.status_code == status, response.text
+        assert response.json() == documented["example"], (method, path, status)
+
+
 async def test_docs_page_serves(client: httpx.AsyncClient) -> None:
     response = await client.get("/docs")
     assert response.status_code == 200

@@ -5,7 +5,7 @@ import re
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt
 from pydantic.config import JsonDict
@@ -166,6 +166,17 @@ class RegistrationAccepted(Schema):
 RegistrationState = Literal["pending", "registered", "failed"]
 
 
+class StatusLike(Protocol):
+    """What a registration's status record holds (`service.StatusRecord`)."""
+
+    @property
+    def state(self) -> RegistrationState: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def package_id(self) -> int | None: ...
+
+
 class RegistrationStatus(Schema):
     status_id: uuid.UUID
     state: RegistrationState
@@ -173,6 +184,18 @@ class RegistrationStatus(Schema):
     error: bool
     error_message: str | None
     package_id: int | None
+
+    @classmethod
+    def of(cls, status_id: uuid.UUID, record: StatusLike) -> "RegistrationStatus":
+        """The answer for a status record: `done` once registered or failed, `error` when failed."""
+        return cls(
+            status_id=status_id,
+            state=record.state,
+            done=record.state != "pending",
+            error=record.state == "failed",
+            error_message=record.error_message,
+            package_id=record.package_id,
+        )
 
 
 class TransportCompanyBind(Schema):
