@@ -82,20 +82,7 @@ API_PROCESSES = ("delivery_api_processes", ())
 
 
 def _children(api: ApiProcess) -> list[int]:
-    """The API's worker processes: uvicorn's supervisor forks them, and starts a new one when one dies."""
-    assert api.process is not None
-    pids: set[int] = set()
-    for children in Path(f"/proc/{api.process.pid}/task").glob("*/children"):
-        pids |= {int(pid) for pid in children.read_text().split()}
-    # Not multiprocessing's resource tracker, also a child.
-    return sorted(pid for pid in pids if b"spawn_main" in _cmdline(pid))
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+    return api.children()
 
 
 def _serving(api: ApiProcess) -> set[int]:

@@ -36,6 +36,10 @@ def serve() -> int:
         "delivery.cli:api_process",
         factory=True,
         workers=settings.WEB_CONCURRENCY,
+        # A process that does not answer the supervisor's ping within this is killed and started again
+        # (uvicorn's default is 5 s). A process starting on a busy or CPU-limited machine imports everything
+        # afresh and can take longer: with 5 s it would be killed while starting, again and again.
+        timeout_worker_healthcheck=30,
         host=settings.HOST,
         port=settings.PORT,
         log_config=None,
