@@ -106,6 +106,23 @@ async def test_decimal_strings_document_their_pattern(spec: dict[str, Any], fiel
     taken()
 
 
+async def test_the_name_is_documented_as_1_to_255_characters_after_trimming(spec: dict[str, Any]) -> None:
+    """`"    "` was schema-valid (minLength 1) but refused; `" " + 255 letters` schema-invalid but taken."""
+    name = spec["components"]["schemas"]["PackageCreate"]["properties"]["name"]
+    assert "minLength" not in name and "maxLength" not in name, name
+    pattern = name["pattern"]
+    assert [value for value in ["", "    ", "\t\n", "x" * 256] if re.search(pattern, value)] == []
+
+    @given(st.from_regex(pattern))
+    def taken(value: str) -> None:
+        PackageCreate.model_validate(
+            {"name": value, "type_id": 1, "weight_kg": "1", "content_value_usd": "1"}
+        )
+
+    taken()
+    assert re.search(pattern, "  " + "я" * 255 + "  ")
+
+
 @pytest.mark.parametrize("value", ["", "1e2", "01.5", " 2", "1000.001", "0.000", "1.2345"])
 def test_a_weight_string_off_the_pattern_is_refused(value: str) -> None:
     with pytest.raises(ValidationError):
