@@ -95,6 +95,8 @@ def common_settings(bank_url: str) -> dict[str, Any]:
         "SESSION_TTL": 3600,
         "ADMIN_TOKEN": SecretStr(ADMIN_TOKEN),
         "COOKIE_SECURE": False,
+        # One API process unless a test asks for more: the suite shares the machine's cores.
+        "WEB_CONCURRENCY": 1,
     }
 
 
@@ -316,6 +318,13 @@ def _free_port() -> int:
         return port
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class ApiProcess:
     """`delivery serve`, as `make run` starts it, with JSON logs."""
 
@@ -339,14 +348,25 @@ class ApiProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.1)
+        self.process.kill()
+        self.process.wait(timeout=30)
         raise RuntimeError(f"API did not start:\n{self.log()}")
+
+    def children(self) -> list[int]:
+        """The API's processes under uvicorn's supervisor (WEB_CONCURRENCY > 1), not multiprocessing's
+        resource tracker, which is a child too."""
+        assert self.process is not None
+        pids: set[int] = set()
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            pids |= {int(pid) for pid in children.read_text().split()}
+        return sorted(pid for pid in pids if b"spawn_main" in _cmdline(pid))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,6 +1,9 @@
 """`/metrics`: what operators graph, from the API and (through the shared directory) from the worker."""
 
 import asyncio
+import os
+import signal
+import socket
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -9,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import Maker, add_packages, open_session
-from tests.helpers import register, valid_body, wait_all_done
+from tests.helpers import register, valid_body, wait_all_done, wait_until
 from tests.stack import ApiProcess, Stack, WorkerProcess
 
 
@@ -70,3 +73,72 @@ async def test_the_workers_metrics_reach_the_apis_endpoint(
     assert samples[("delivery_bank_fetches_total", (("outcome", "ok"),))] == 1
     assert samples[("delivery_rate_cache_lookups_total", (("result", "miss"),))] >= 1
     assert samples[("delivery_bank_fetch_duration_seconds_count", ())] == 1
+
+
+# --- several API processes (`delivery serve` with WEB_CONCURRENCY) ---
+
+TYPES_200 = ("delivery_http_requests_total", (("method", "GET"), ("route", "/types/"), ("status", "200")))
+API_PROCESSES = ("delivery_api_processes", ())
+
+
+def _children(api: ApiProcess) -> list[int]:
+    return api.children()
+
+
+def _serving(api: ApiProcess) -> set[int]:
+    return {int(str(line["process"])) for line in api.json_lines() if line.get("name") == "delivery.access"}
+
+
+def _identity(pid: int) -> str:
+    """The process identity in the names of its metrics files: host and pid (a pid alone repeats across
+    containers, whose first process is always 1)."""
+    return f"{socket.gethostname().replace('_', '-')}-{pid}"
+
+
+async def test_metrics_add_up_every_api_process(stack: Stack, tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    api = ApiProcess(stack, WEB_CONCURRENCY=2, PROMETHEUS_MULTIPROC_DIR=str(shared)).start()
+    sent = 0
+    try:
+
+        async def both_processes_served() -> bool:
+            nonlocal sent
+            # A connection each: the processes share the listening socket, the kernel picks who accepts.
+            async with httpx.AsyncClient(base_url=api.url) as http:
+                assert (await http.get("/types/")).status_code == 200
+            sent += 1
+            return len(_serving(api)) == 2
+
+        await wait_until(both_processes_served, 60, "requests served by both API processes")
+        async with httpx.AsyncClient(base_url=api.url) as http:
+            samples = _samples((await http.get("/metrics")).text)
+        served_by = _serving(api)
+    finally:
+        api.stop()
+    assert samples[TYPES_200] == sent
+    for pid in served_by:
+        assert (shared / f"counter_{_identity(pid)}.db").exists(), sorted(p.name for p in shared.iterdir())
+
+
+async def test_a_killed_api_process_leaves_no_stale_gauge(stack: Stack, tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    api = ApiProcess(stack, WEB_CONCURRENCY=2, PROMETHEUS_MULTIPROC_DIR=str(shared)).start()
+
+    def processes_gauge() -> float:
+        return _samples(httpx.get(f"{api.url}/metrics").text).get(API_PROCESSES, -1)
+
+    try:
+        await wait_until(lambda: processes_gauge() == 2 and len(_children(api)) == 2, 30, "two processes")
+        victim = _children(api)[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(
+            lambda: victim not in _children(api) and len(_children(api)) == 2, 30, "the process restarted"
+        )
+        await wait_until(lambda: len(_children(api)) == 2 and processes_gauge() == 2, 30, "the gauge at 2")
+        assert [path.name for path in shared.glob(f"gauge_live*_{_identity(victim)}.db")] == []
+        assert processes_gauge() == 2
+    finally:
+        api.stop()
+    assert sorted(path.name for path in shared.glob("gauge_live*")) == [], "a stopped process left its gauge"

@@ -107,6 +107,23 @@ async def test_decimal_strings_document_their_pattern(spec: dict[str, Any], fiel
     taken()
 
 
+async def test_the_name_is_documented_as_1_to_255_characters_after_trimming(spec: dict[str, Any]) -> None:
+    """`"    "` was schema-valid (minLength 1) but refused; `" " + 255 letters` schema-invalid but taken."""
+    name = spec["components"]["schemas"]["PackageCreate"]["properties"]["name"]
+    assert "minLength" not in name and "maxLength" not in name, name
+    pattern = name["pattern"]
+    assert [value for value in ["", "    ", "\t\n", "x" * 256] if re.search(pattern, value)] == []
+
+    @given(st.from_regex(pattern))
+    def taken(value: str) -> None:
+        PackageCreate.model_validate(
+            {"name": value, "type_id": 1, "weight_kg": "1", "content_value_usd": "1"}
+        )
+
+    taken()
+    assert re.search(pattern, "  " + "я" * 255 + "  ")
+
+
 @pytest.mark.parametrize("value", ["", "1e2", "01.5", " 2", "1000.001", "0.000", "1.2345"])
 def test_a_weight_string_off_the_pattern_is_refused(value: str) -> None:
     with pytest.raises(ValidationError):
@@ -144,6 +161,43 @@ async def test_allow_lists_every_method_of_the_path(client: httpx.AsyncClient, s
         # Superset: /admin/jobs/price-packages/ is also /admin/jobs/{task_id}/, which takes GET.
         assert allowed >= {method.upper() for method in operations}, path
         assert response.json() == {"detail": "Method Not Allowed"}
+
+
+async def test_documented_error_bodies_are_the_ones_sent(
+    customer: httpx.AsyncClient, spec: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    """What a client reads in the document's examples is what it gets, error by error and route by route."""
+    sent = [
+        (
+            "get",
+            "/packages/status/{status_id}/",
+            404,
+            await customer.get(f"/packages/status/{uuid.uuid4()}/"),
+        ),
+        ("get", "/packages/{package_id}/", 404, await customer.get("/packages/0/")),
+        (
+            "post",
+            "/packages/{package_id}/transport-company/",
+            404,
+            await customer.post(
+                "/packages/0/transport-company/", json={"company_id": 7}, headers=admin_headers
+            ),
+        ),
+        ("post", "/admin/jobs/price-packages/", 401, await customer.post("/admin/jobs/price-packages/")),
+        (
+            "post",
+            "/admin/jobs/price-packages/",
+            403,
+            await customer.post("/admin/jobs/price-packages/", headers={"X-Admin-Token": "wrong"}),
+        ),
+    ]
+    customer.cookies.clear()
+    sent.append(("get", "/packages/", 401, await customer.get("/packages/")))
+    operations = _operations(spec)
+    for method, path, status, response in sent:
+        documented = operations[(method, path)]["responses"][str(status)]["content"]["application/json"]
+        assert response.status_code == status, response.text
+        assert response.json() == documented["example"], (method, path, status)
 
 
 async def test_docs_page_serves(client: httpx.AsyncClient) -> None:

@@ -87,6 +87,22 @@ def test_every_value_of_a_text_line_is_escaped() -> None:
     assert "bad\\rname" in line and "request_id=id\\n1" in line and "value=a\\nb\\u2028c" in line
 
 
+async def test_a_slow_api_process_is_not_killed_by_its_supervisor(stack: Stack) -> None:
+    """A process that does not answer uvicorn's supervisor for a few seconds — starting on a loaded machine,
+    importing everything afresh — is left to finish, not killed and started again, and again."""
+    api = ApiProcess(stack, WEB_CONCURRENCY=2).start()
+    try:
+        await wait_until(lambda: len(api.children()) == 2, 30, "two API processes")
+        slow = api.children()[0]
+        os.kill(slow, signal.SIGSTOP)
+        await asyncio.sleep(8)
+        os.kill(slow, signal.SIGCONT)
+        await asyncio.sleep(1)
+        assert slow in api.children(), api.log()[-3000:]
+    finally:
+        api.stop()
+
+
 async def test_job_lines_carry_the_registration_id(
     customer: httpx.AsyncClient, stack: Stack, start_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -10,9 +10,22 @@ from delivery.errors import RateUnavailable
 from delivery.logs import configure_logging
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from delivery.worker import Runtime
 
 T = TypeVar("T")
+
+
+def api_process() -> "FastAPI":
+    """The app of one API process. uvicorn calls this in each process it starts (`WEB_CONCURRENCY` of them,
+    started afresh, not forked): each sets up its own logging and its metrics."""
+    from delivery import metrics
+    from delivery.api import create_app
+
+    configure_logging()
+    metrics.start_api_process()
+    return create_app()
 
 
 def serve() -> int:
@@ -20,8 +33,13 @@ def serve() -> int:
 
     settings = get_settings()
     uvicorn.run(
-        "delivery.api:create_app",
+        "delivery.cli:api_process",
         factory=True,
+        workers=settings.WEB_CONCURRENCY,
+        # A process that does not answer the supervisor's ping within this is killed and started again
+        # (uvicorn's default is 5 s). A process starting on a busy or CPU-limited machine imports everything
+        # afresh and can take longer: with 5 s it would be killed while starting, again and again.
+        timeout_worker_healthcheck=30,
         host=settings.HOST,
         port=settings.PORT,
         log_config=None,

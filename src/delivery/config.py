@@ -1,5 +1,6 @@
 """Settings: exactly the variables of the API contract, read from the environment and `.env`."""
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -40,6 +41,11 @@ def _each_a_url(value: str) -> str:
 BrokerUrls = Annotated[str, AfterValidator(_each_a_url)]
 
 
+def _cpu_count() -> int:
+    """The CPUs this process may run on (a container's cpuset, say), not all of the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     # A variable set to an empty value (`ADMIN_TOKEN=` in an .env or a compose default) counts as unset, in
     # the environment and in `.env` alike: its default applies.
@@ -60,6 +66,7 @@ class Settings(BaseSettings):
     ADMIN_TOKEN: SecretStr | None = None
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
+    WEB_CONCURRENCY: PositiveInt = Field(default_factory=_cpu_count)
 
     @field_validator("ADMIN_TOKEN")
     @classmethod

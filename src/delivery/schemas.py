@@ -5,7 +5,7 @@ import re
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt
 from pydantic.config import JsonDict
@@ -100,6 +100,18 @@ def _integral(value: object) -> object:
 JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
+#: 1 to 255 characters once the spaces around are trimmed, as a JSON Schema pattern (searched, not anchored
+#: by itself): what the lengths are checked on. In `[\s\S]`, any character, new lines included.
+NAME_PATTERN = r"^\s*\S(?:[\s\S]{0,253}\S)?\s*$"
+
+
+def _trimmed_length_documented(schema: JsonDict) -> None:
+    """The name's lengths hold after trimming, which `minLength` and `maxLength` cannot say: the document
+    gives the pattern instead (the server still checks the lengths, whose errors the page knows)."""
+    del schema["minLength"], schema["maxLength"]
+    schema["pattern"] = NAME_PATTERN
+
+
 class Schema(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -128,7 +140,12 @@ class PackageCreate(Schema):
         },
     )
 
-    name: str = Field(min_length=1, max_length=255, description="1-255 characters after trimming")
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        description="1-255 characters after trimming",
+        json_schema_extra=_trimmed_length_documented,
+    )
     weight_kg: WeightIn = Field(gt=0, le=1000, decimal_places=WEIGHT_PLACES, description="kg, up to 3 places")
     type_id: JsonInt = Field(ge=1, le=MAX_INT, description="an id from GET /types/")
     content_value_usd: MoneyIn = Field(
@@ -166,6 +183,17 @@ class RegistrationAccepted(Schema):
 RegistrationState = Literal["pending", "registered", "failed"]
 
 
+class StatusLike(Protocol):
+    """What a registration's status record holds (`service.StatusRecord`)."""
+
+    @property
+    def state(self) -> RegistrationState: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def package_id(self) -> int | None: ...
+
+
 class RegistrationStatus(Schema):
     status_id: uuid.UUID
     state: RegistrationState
@@ -173,6 +201,18 @@ class RegistrationStatus(Schema):
     error: bool
     error_message: str | None
     package_id: int | None
+
+    @classmethod
+    def of(cls, status_id: uuid.UUID, record: StatusLike) -> "RegistrationStatus":
+        """The answer for a status record: `done` once registered or failed, `error` when failed."""
+        return cls(
+            status_id=status_id,
+            state=record.state,
+            done=record.state != "pending",
+            error=record.state == "failed",
+            error_message=record.error_message,
+            package_id=record.package_id,
+        )
 
 
 class TransportCompanyBind(Schema):

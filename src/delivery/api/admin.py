@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 
 from delivery import service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
-from delivery.api.responses import ADMIN, CONFLICT, NOT_FOUND
+from delivery.api.responses import ADMIN, CONFLICT, PACKAGE_NOT_FOUND
 from delivery.api.routing import DecimalRoute
 from delivery.broker import PRICE_TASK
 from delivery.errors import ServiceUnavailable
@@ -34,7 +34,7 @@ router = APIRouter(
 @router.post(
     "/packages/{package_id}/transport-company/",
     response_model=PackageRead,
-    responses=NOT_FOUND | CONFLICT,
+    responses=PACKAGE_NOT_FOUND | CONFLICT,
 )
 async def bind_transport_company(package_id: PackageId, body: TransportCompanyBind, db: DbSession) -> Any:
     """Bind the package to the transport company that will deliver it; the first company wins."""

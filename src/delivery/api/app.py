@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy.exc
 from fastapi import FastAPI
 
-from delivery import service
+from delivery import metrics, service
 from delivery.api import admin, health, packages, sessions, web
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             celery.close()
             await store.close()
             await engine.dispose()
+            metrics.end_api_process()
 
     app = FastAPI(
         title="Delivery service",

@@ -1,6 +1,11 @@
-"""One place maps domain errors (and a backing service that went away) to HTTP answers."""
+"""One table maps domain errors, and a backing service that went away, to HTTP answers: status, body,
+headers. The exception handlers answer from it and `delivery.api.responses` documents from it, so the
+answers and the OpenAPI document cannot drift apart."""
 
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import kombu.exceptions
 import sqlalchemy.exc
@@ -15,10 +20,11 @@ from delivery.errors import (
     TransportCompanyConflict,
     Unauthenticated,
 )
+from delivery.schemas import ConflictProblem, Problem
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = "5"
+RETRY_AFTER = {"Retry-After": "5"}
 
 
 class AdminUnauthenticated(Exception):
@@ -29,59 +35,86 @@ class AdminForbidden(Exception):
     """A wrong token, or operator endpoints not configured."""
 
 
-def unavailable(service: str) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"{service} is unavailable, try again later"},
-        status_code=503,
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
+Body = Callable[[Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How an error is answered, and how the OpenAPI document describes that answer."""
+
+    status: int
+    description: str
+    body: Body
+    headers: Mapping[str, str] = field(default_factory=dict)
+    model: type[Problem] = Problem
+
+    def response(self, exc: Exception) -> JSONResponse:
+        return JSONResponse(self.body(exc), status_code=self.status, headers=dict(self.headers))
+
+
+def _detail(exc: Exception) -> dict[str, Any]:
+    return {"detail": str(exc)}
+
+
+def _says(detail: str) -> Body:
+    return lambda _: {"detail": detail}
+
+
+def _down(service: str | None = None) -> Answer:
+    """503 for a backing service that did not answer: `service`, or the one the error names."""
+    return Answer(
+        503,
+        "A backing service is down; try again after Retry-After",
+        lambda exc: {"detail": f"{service or exc.service} is unavailable, try again later"},
+        RETRY_AFTER,
     )
 
 
-async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, NotFound)
-    return JSONResponse({"detail": str(exc)}, status_code=404)
+def _invalid_field(exc: InvalidField) -> dict[str, Any]:
+    # The shape of FastAPI's own 422, which documents it: a check against the data, after the schema's.
+    return {"detail": [{"type": "value_error", "loc": ["body", exc.field], "msg": exc.message}]}
 
 
-async def _unauthenticated(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        {"detail": "no valid session: open one with GET /sessions/new/"},
-        status_code=401,
-    )
+ANSWERS: dict[type[Exception], Answer] = {
+    NotFound: Answer(404, "Unknown, or another session's", _detail),
+    Unauthenticated: Answer(
+        401,
+        "No session, or an unknown or expired one",
+        _says("no valid session: open one with GET /sessions/new/"),
+    ),
+    AdminUnauthenticated: Answer(
+        401, "No X-Admin-Token header", _says("operator endpoint: send the X-Admin-Token header")
+    ),
+    AdminForbidden: Answer(403, "A wrong token, or ADMIN_TOKEN not configured", _detail),
+    InvalidField: Answer(422, "Invalid input", _invalid_field),
+    TransportCompanyConflict: Answer(
+        409,
+        "Another company holds the package; its id is in `transport_company_id`",
+        lambda exc: {"detail": str(exc), "transport_company_id": exc.holder_id},
+        model=ConflictProblem,
+    ),
+    ServiceUnavailable: _down(),
+    # A lost connection, a refused connection or an exhausted pool: the database is not answering.
+    sqlalchemy.exc.OperationalError: _down("database"),
+    sqlalchemy.exc.InterfaceError: _down("database"),
+    sqlalchemy.exc.TimeoutError: _down("database"),
+    kombu.exceptions.OperationalError: _down("broker"),
+}
+
+#: What the OpenAPI document says of the headers the answers carry.
+HEADER_DOCS = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 
 
-async def _admin_unauthenticated(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "operator endpoint: send the X-Admin-Token header"}, status_code=401)
+def answer_for(exc: Exception) -> Answer:
+    """The answer of the nearest class of `exc` in the table."""
+    return next(ANSWERS[cls] for cls in type(exc).__mro__ if cls in ANSWERS)
 
 
-async def _admin_forbidden(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=403)
-
-
-async def _invalid_field(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InvalidField)
-    detail = [{"type": "value_error", "loc": ["body", exc.field], "msg": exc.message}]
-    return JSONResponse({"detail": detail}, status_code=422)
-
-
-async def _conflict(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, TransportCompanyConflict)
-    return JSONResponse({"detail": str(exc), "transport_company_id": exc.holder_id}, status_code=409)
-
-
-async def _service_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceUnavailable)
-    logger.warning("backing service unavailable service=%s path=%s", exc.service, request.url.path)
-    return unavailable(exc.service)
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable path=%s error=%r", request.url.path, exc)
-    return unavailable("database")
-
-
-async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("broker unavailable path=%s error=%r", request.url.path, exc)
-    return unavailable("broker")
+async def _answer(request: Request, exc: Exception) -> JSONResponse:
+    answer = answer_for(exc)
+    if answer.status >= 500:
+        logger.warning("backing service unavailable path=%s error=%r", request.url.path, exc)
+    return answer.response(exc)
 
 
 #: The methods a path is probed for when it answers 405.
@@ -110,20 +143,7 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
 
 
 def register_exception_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(NotFound, _not_found)
-    app.add_exception_handler(Unauthenticated, _unauthenticated)
-    app.add_exception_handler(AdminUnauthenticated, _admin_unauthenticated)
-    app.add_exception_handler(AdminForbidden, _admin_forbidden)
-    app.add_exception_handler(InvalidField, _invalid_field)
-    app.add_exception_handler(TransportCompanyConflict, _conflict)
-    app.add_exception_handler(ServiceUnavailable, _service_unavailable)
+    for exc_type in ANSWERS:
+        app.add_exception_handler(exc_type, _answer)
     app.add_exception_handler(405, _method_not_allowed)
-    # A lost connection, a refused connection or an exhausted pool: the database is not answering.
-    for exc_type in (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        sqlalchemy.exc.TimeoutError,
-    ):
-        app.add_exception_handler(exc_type, _database_unavailable)
-    app.add_exception_handler(kombu.exceptions.OperationalError, _broker_unavailable)
     app.add_exception_handler(Exception, _internal)

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from delivery import metrics, service
 from delivery.api.deps import Resources, ResourcesDep
+from delivery.api.errors import RETRY_AFTER
 
 router = APIRouter(tags=["operations"])
 
@@ -33,7 +34,7 @@ async def readyz(resources: ResourcesDep) -> Any:
         return JSONResponse(
             {"detail": f"not ready: {', '.join(down)} unavailable", "checks": checks},
             status_code=503,
-            headers={"Retry-After": "5"},
+            headers=RETRY_AFTER,
         )
     return {"status": "ready", "checks": checks}
 

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from delivery import registration, service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, SessionId
-from delivery.api.responses import NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
+from delivery.api.responses import PACKAGE_NOT_FOUND, STATUS_NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
 from delivery.errors import InvalidField
 from delivery.schemas import (
@@ -80,27 +80,20 @@ async def register_package(
 
 @router.get(
     "/packages/status/{status_id}/",
-    responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
+    responses=UNAUTHENTICATED | STATUS_NOT_FOUND | UNAVAILABLE,
 )
 async def registration_status(
     status_id: uuid.UUID, session_id: SessionId, resources: ResourcesDep, db: DbSession
 ) -> RegistrationStatus:
     """Where a registration stands: pending, registered (with the package id) or failed."""
     record = await registration.get_status(resources.store, db, session_id, status_id)
-    return RegistrationStatus(
-        status_id=status_id,
-        state=record.state,
-        done=record.state != "pending",
-        error=record.state == "failed",
-        error_message=record.error_message,
-        package_id=record.package_id,
-    )
+    return RegistrationStatus.of(status_id, record)
 
 
 @router.get(
     "/packages/{package_id}/",
     response_model=PackageRead,
-    responses=UNAUTHENTICATED | NOT_FOUND | UNAVAILABLE,
+    responses=UNAUTHENTICATED | PACKAGE_NOT_FOUND | UNAVAILABLE,
 )
 async def get_package(session_id: SessionId, package_id: PackageId, db: DbSession) -> Any:
     """One of this session's packages."""
