@@ -120,6 +120,48 @@ async def test_decimals_are_strings_with_fixed_places_in_the_raw_json(
     assert '"delivery_cost_rub":"10.10"' in text.replace(" ", "")
 
 
+async def test_the_answers_bytes_are_compact_json_with_decimals_at_their_places(
+    client: httpx.AsyncClient, maker: Maker
+) -> None:
+    session_id = await open_session(client)
+    stamp = datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=UTC)
+    priced = await add_package(
+        maker,
+        session_id=session_id,
+        type_id=2,
+        name="Зимняя куртка",
+        weight_kg=Decimal("1.5"),
+        content_value_usd=Decimal("12"),
+        delivery_cost_rub=Decimal("5617.1"),
+        transport_company_id=7,
+        created_at=stamp,
+    )
+    unpriced = await add_package(
+        maker,
+        session_id=session_id,
+        weight_kg=Decimal("1000"),
+        content_value_usd=Decimal("0"),
+        created_at=stamp,
+    )
+    priced_json = (
+        f'{{"id":{priced},"name":"Зимняя куртка","weight_kg":"1.500","type":{{"id":2,"name":"electronics"}},'
+        '"content_value_usd":"12.00","delivery_cost_rub":"5617.10","transport_company_id":7,'
+        '"created_at":"2024-02-29T23:59:58.123456Z"}'
+    )
+    unpriced_json = (
+        f'{{"id":{unpriced},"name":"Winter jacket","weight_kg":"1000.000","type":{{"id":1,"name":"clothes"}},'
+        '"content_value_usd":"0.00","delivery_cost_rub":null,"transport_company_id":null,'
+        '"created_at":"2024-02-29T23:59:58.123456Z"}'
+    )
+
+    page = await client.get("/packages/", params={"size": 1})
+    detail = await client.get(f"/packages/{priced}/")
+
+    assert page.headers["content-type"] == detail.headers["content-type"] == "application/json"
+    assert page.content == f'{{"items":[{unpriced_json}],"total":2,"page":1,"size":1,"pages":2}}'.encode()
+    assert detail.content == priced_json.encode()
+
+
 async def test_cost_not_calculated_is_null(client: httpx.AsyncClient, maker: Maker) -> None:
     session_id = await open_session(client)
     package_id = await add_package(maker, session_id=session_id, delivery_cost_rub=None)

@@ -27,6 +27,15 @@ async def test_types_need_no_session(client: httpx.AsyncClient, path: str) -> No
     assert response.json() == TYPES
 
 
+async def test_types_bytes(client: httpx.AsyncClient) -> None:
+    response = await client.get("/types/")
+
+    assert (
+        response.content
+        == b'[{"id":1,"name":"clothes"},{"id":2,"name":"electronics"},{"id":3,"name":"misc"}]'
+    )
+
+
 async def test_types_ignore_a_bad_session(client: httpx.AsyncClient) -> None:
     client.cookies.set("session_id", "never-issued")
 

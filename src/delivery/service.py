@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import cachetools
-from sqlalchemy import Integer, Select, bindparam, false, func, select, update
+from sqlalchemy import Integer, Row, Select, bindparam, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
@@ -100,8 +100,30 @@ async def authenticate(db: AsyncSession, token: str, *, cache: SessionCache | No
     return int(row.id)
 
 
-async def list_types(db: AsyncSession) -> Sequence[PackageType]:
-    return (await db.scalars(select(PackageType).order_by(PackageType.id))).all()
+#: A row of any columns (read by name).
+AnyRow = Row[*tuple[Any, ...]]
+
+_TYPES = select(PackageType.id, PackageType.name).order_by(PackageType.id)
+
+
+async def list_types(db: AsyncSession) -> Sequence[AnyRow]:
+    """The types as rows of `id`, `name`, ordered by id."""
+    return (await (await db.connection()).execute(_TYPES)).all()
+
+
+#: A package as the reads answer it: its columns and its type's, no ORM object (building one per row, with
+#: its identity map entry and relationship, cost more than the rest of the read).
+PACKAGE_COLUMNS = (
+    Package.id,
+    Package.name,
+    Package.weight_kg,
+    Package.content_value_usd,
+    Package.delivery_cost_rub,
+    Package.transport_company_id,
+    Package.created_at,
+    PackageType.id.label("type_id"),
+    PackageType.name.label("type_name"),
+)
 
 
 @functools.cache
@@ -127,9 +149,9 @@ def _page_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[
         .offset(bindparam("skip", type_=Integer))
     ).subquery()
     page = (
-        select(Package, count.scalar_subquery())
+        select(*PACKAGE_COLUMNS, count.scalar_subquery().label("total"))
         .join(page_ids, page_ids.c.id == Package.id)
-        .options(joinedload(Package.type))
+        .join(PackageType, PackageType.id == Package.type_id)
         .order_by(Package.id.desc())
     )
     return page, count
@@ -143,9 +165,9 @@ async def list_packages(
     has_cost: bool | None = None,
     page: int = 1,
     size: int = 20,
-) -> tuple[Sequence[Package], int]:
-    """One page, newest first, and the total, in one statement (types joined); a page past the end costs
-    one more for the total."""
+) -> tuple[Sequence[AnyRow], int]:
+    """One page of rows (`PACKAGE_COLUMNS`), newest first, and the total, in one statement (types joined);
+    a page past the end costs one more for the total."""
     stmt, count = _page_statements(type_id is not None, has_cost is not None)
     params = {
         "session_id": session_id,
@@ -155,14 +177,33 @@ async def list_packages(
         # A page number past any real list asks for an offset the database cannot hold: clamp it.
         "skip": min((page - 1) * size, MAX_BIGINT),
     }
-    rows = (await db.execute(stmt, params)).all()
+    # On the session's connection, not through the session: the rows are plain columns, and the ORM's
+    # execution layers (compile state, identity map) cost more CPU than the statement's round trip.
+    conn = await db.connection()
+    rows = (await conn.execute(stmt, params)).all()
     if not rows:
-        return [], int((await db.execute(count, params)).scalar_one())
-    return [package for package, _ in rows], int(rows[0][1])
+        return [], int((await conn.execute(count, params)).scalar_one())
+    return rows, int(rows[0].total)
 
 
 _PACKAGE = select(Package).options(joinedload(Package.type)).where(Package.id == bindparam("package_id"))
 _OWN_PACKAGE = _PACKAGE.where(Package.session_id == bindparam("session_id"))
+
+
+_OWN_PACKAGE_ROW = (
+    select(*PACKAGE_COLUMNS)
+    .join(PackageType, PackageType.id == Package.type_id)
+    .where(Package.id == bindparam("package_id"), Package.session_id == bindparam("session_id"))
+)
+
+
+async def read_package(db: AsyncSession, session_id: int, package_id: int) -> AnyRow:
+    """One of `session_id`'s packages as a row of `PACKAGE_COLUMNS`."""
+    params = {"package_id": package_id, "session_id": session_id}
+    row = (await (await db.connection()).execute(_OWN_PACKAGE_ROW, params)).one_or_none()
+    if row is None:
+        raise NotFound("package")
+    return row
 
 
 async def get_package(db: AsyncSession, session_id: int | None, package_id: int) -> Package:

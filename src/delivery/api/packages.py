@@ -1,9 +1,12 @@
+import time
 import uuid
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from delivery import registration, service
+from delivery.api import bodies
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, SessionId
 from delivery.api.responses import PACKAGE_NOT_FOUND, STATUS_NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
@@ -20,14 +23,33 @@ from delivery.schemas import (
 
 router = APIRouter(route_class=DecimalRoute, tags=["packages"])
 
+# The reads answer bytes encoded once (`bodies`); `response_model` keeps documenting their shapes.
+JSON = "application/json"
+
+
+#: Types come from migrations: their answer is kept this long, then read anew (a type added while serving).
+TYPES_CACHE_SECONDS = 60.0
+
+
+@dataclass
+class _TypesAnswer:
+    body: bytes
+    read_at: float
+
 
 @router.get("/types/", response_model=list[PackageTypeRead], responses=UNAVAILABLE)
-async def list_types(db: DbSession) -> Any:
+async def list_types(request: Request, resources: ResourcesDep) -> Response:
     """The parcel types, ordered by id."""
-    return await service.list_types(db)
+    # Kept on the app, not the module: each app has its own database.
+    kept: _TypesAnswer | None = getattr(request.app.state, "types_answer", None)
+    if kept is None or time.monotonic() - kept.read_at > TYPES_CACHE_SECONDS:
+        async with resources.maker() as db:
+            kept = _TypesAnswer(bodies.package_types(await service.list_types(db)), time.monotonic())
+        request.app.state.types_answer = kept
+    return Response(kept.body, media_type=JSON)
 
 
-@router.get("/packages/", responses=UNAUTHENTICATED | UNAVAILABLE)
+@router.get("/packages/", response_model=PackagePage, responses=UNAUTHENTICATED | UNAVAILABLE)
 async def list_packages(
     db: DbSession,
     session_id: SessionId,
@@ -35,14 +57,12 @@ async def list_packages(
     has_cost: Annotated[bool | None, Query(description="only with (true) or without (false) a cost")] = None,
     page: Annotated[int, Query(ge=1)] = 1,
     size: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> PackagePage:
+) -> Response:
     """This session's packages, newest first, filtered and paginated."""
-    items, total = await service.list_packages(
+    rows, total = await service.list_packages(
         db, session_id, type_id=type, has_cost=has_cost, page=page, size=size
     )
-    return PackagePage.build(
-        [PackageRead.model_validate(item) for item in items], total=total, page=page, size=size
-    )
+    return Response(bodies.package_page(rows, total=total, page=page, size=size), media_type=JSON)
 
 
 @router.post(
@@ -95,6 +115,6 @@ async def registration_status(
     response_model=PackageRead,
     responses=UNAUTHENTICATED | PACKAGE_NOT_FOUND | UNAVAILABLE,
 )
-async def get_package(session_id: SessionId, package_id: PackageId, db: DbSession) -> Any:
+async def get_package(session_id: SessionId, package_id: PackageId, db: DbSession) -> Response:
     """One of this session's packages."""
-    return await service.get_package(db, session_id, package_id)
+    return Response(bodies.package(await service.read_package(db, session_id, package_id)), media_type=JSON)
