@@ -19,7 +19,7 @@ test: lint
 
 # Faults during bursts of 1,000 registrations: restarts this machine's MariaDB, Redis and RabbitMQ (serial).
 chaos: .venv/.synced
-	$(BIN)/pytest --chaos tests/chaos -p no:xdist -s
+	$(BIN)/pytest --chaos tests/chaos tests/cluster -p no:xdist -s
 
 lint: .venv/.synced
 	$(BIN)/ruff check .

@@ -45,13 +45,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--chaos",
         action="store_true",
-        help="run tests/chaos: fault bursts that restart MariaDB, Redis and RabbitMQ (`make chaos`, serial)",
+        help="run tests/chaos and tests/cluster: fault bursts that restart MariaDB, Redis and RabbitMQ, and"
+        " that kill a node of a three-node RabbitMQ cluster (`make chaos`, serial)",
     )
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """The fault bursts restart shared services: never beside the other tests, only with --chaos."""
-    chaos = collection_path.name == "chaos" and collection_path.parent == Path(__file__).parent
+    """The fault bursts restart shared services or kill broker nodes: never beside the other tests (whose
+    timing and leftover jobs they would disturb, and be disturbed by), only with --chaos."""
+    chaos = collection_path.name in ("chaos", "cluster") and collection_path.parent == Path(__file__).parent
     if chaos and not config.getoption("--chaos"):
         return True
     return None

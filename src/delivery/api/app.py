@@ -79,7 +79,7 @@ async def _read_type_ids(resources: Resources) -> None:
     """For the schema's list of type ids; a database not up yet is read again at the first registration."""
     try:
         async with resources.maker() as db:
-            resources.type_ids = await service.type_ids(db)
+            resources.documented_type_ids = await service.type_ids(db)
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         logger.warning("parcel types not read at start error=%r", exc)
 
@@ -92,8 +92,8 @@ def _document_type_ids(app: FastAPI) -> None:
         document = generate()  # built once, then the same dict
         resources: Resources | None = getattr(app.state, "resources", None)
         type_id = document["components"]["schemas"]["PackageCreate"]["properties"]["type_id"]
-        if resources is not None and resources.type_ids:
-            type_id["enum"] = sorted(resources.type_ids)
+        if resources is not None and resources.documented_type_ids:
+            type_id["enum"] = sorted(resources.documented_type_ids)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
