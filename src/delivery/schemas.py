@@ -100,9 +100,12 @@ def _integral(value: object) -> object:
 JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
-#: 1 to 255 characters once the spaces around are trimmed, as a JSON Schema pattern (searched, not anchored
-#: by itself): what the lengths are checked on. In `[\s\S]`, any character, new lines included.
-NAME_PATTERN = r"^\s*\S(?:[\s\S]{0,253}\S)?\s*$"
+#: What the server trims: Python's whitespace (`str.strip()`), spelled out, since a pattern's `\s` is
+#: ECMAScript's, which differs (it leaves out U+0085 and U+001C-U+001F, and takes U+FEFF).
+_SPACE = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+#: 1 to 255 characters once those are trimmed, as a JSON Schema pattern (searched, not anchored by itself):
+#: what the lengths are checked on. In `[\s\S]`, any character, new lines included.
+NAME_PATTERN = rf"^[{_SPACE}]*[^{_SPACE}](?:[\s\S]{{0,253}}[^{_SPACE}])?[{_SPACE}]*$"
 
 
 def _trimmed_length_documented(schema: JsonDict) -> None:
