@@ -14,6 +14,8 @@ from typing import Any, Protocol, TypeVar
 import diskcache
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.errors import ServiceUnavailable
@@ -135,6 +137,11 @@ class RedisStore:
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=30,
+            # A pooled connection that died with a Redis restart fails its first command: tried again, on a
+            # new connection, before it becomes a 503. Every command here may run twice (SET, ZADD, the
+            # scripts: a second put_pending finds its own claim and answers as a duplicate would).
+            retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
+            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         )
         self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
         self._put_pending = self._redis.register_script(_PUT_PENDING)
