@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from delivery.config import get_settings
 from delivery.logs import configure_logging
 
 PATH = "/packages/"
@@ -62,13 +63,16 @@ def create_app() -> Any:
 
 
 def main() -> None:
-    """`delivery.cli.serve`'s uvicorn.run call, with this module's factory."""
+    """`delivery.cli.serve`'s uvicorn.run call (its processes too), with this module's factory."""
     import uvicorn
 
     configure_logging()
     uvicorn.run(
         "bench.ceiling:create_app",
         factory=True,
+        # As many processes as the API's: WEB_CONCURRENCY, or its default (the CPU count).
+        workers=get_settings().WEB_CONCURRENCY,
+        timeout_worker_healthcheck=30,
         host=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ.get("PORT", "8000")),
         log_config=None,

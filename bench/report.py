@@ -55,10 +55,10 @@ def _header(results: Mapping[str, Any]) -> list[str]:
         f"- machine: {machine.get('nproc')} cores ({machine.get('cpu')}), {machine.get('mem_gb')} GB,"
         f" kernel {machine.get('kernel')}, Python {machine.get('python')}; load average {load}",
         "- " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()),
-        "- Everything shares these two cores: MariaDB, Redis, RabbitMQ, the API (`delivery serve`: uvicorn,"
-        " one process, `make run`'s settings), the worker, the load generator and this harness. Whatever else"
-        " runs on the machine shows as `other` in the CPU columns (cores used on average during the"
-        " measurement; `steal` is time the hypervisor took).",
+        "- Everything shares these two cores: MariaDB, Redis, RabbitMQ, the API (`delivery serve`: uvicorn"
+        " with `make run`'s settings, as many processes as cores unless a table says one), the worker, the"
+        " load generator and this harness. Whatever else runs on the machine shows as `other` in the CPU"
+        " columns (cores used on average during the measurement; `steal` is time the hypervisor took).",
         "",
     ]
 
@@ -82,28 +82,33 @@ def _seed(results: Mapping[str, Any]) -> list[str]:
 
 
 def _read(results: Mapping[str, Any]) -> list[str]:
-    read = results.get("read", {})
+    many, one = results.get("read", {}), results.get("read_one_process", {})
     durations = results.get("meta", {}).get("durations_s", {})
     rows = []
-    entries = [(n, f"{label}<br>`{read.get(n, {}).get('path')}`") for n, label in READ_CASES.items()]
+    entries = [(n, f"{label}<br>`{many.get(n, {}).get('path')}`") for n, label in READ_CASES.items()]
     entries.append(("ceiling", "**ceiling**: one Starlette route"))
     for name, label in entries:
-        if (figures := read.get(name)) is not None:
-            rows.append(_read_row(label, figures))
+        if (figures := many.get(name)) is not None:
+            rows.append(_read_row(label, figures, one.get(name, {})))
     if bare := results.get("ceiling_bare_asgi"):
-        rows.append(_read_row("for reference: a bare ASGI callable", bare))
+        rows.append(_read_row("for reference: a bare ASGI callable", bare, {}))
+    processes = many.get("processes")
+    header = ["case", f"req/s ({processes} proc.)", "p50 ms", "p99 ms", "errors", "ratio to ceiling"]
+    header += ["CPU cores", "req/s (1 proc.)", "p99 ms (1 proc.)", "ratio (1 proc.)"]
     return [
         "## Read path",
         "",
         f"wrk -t2 -c16 for {_fmt(durations.get('read'))} s after a {_fmt(durations.get('warmup'))} s warm-up,"
-        " with the heavy session's cookie. The ceiling answers the first page's bytes"
-        f" ({_fmt(results.get('first_page_bytes'))} B) from uvicorn started as `delivery serve` starts it.",
+        " with the heavy session's cookie; the API with its default number of processes"
+        f" ({_fmt(processes)}: the CPU count), then with one. The ceiling answers the first page's bytes"
+        f" ({_fmt(results.get('first_page_bytes'))} B) from uvicorn started as `delivery serve` starts it,"
+        " with as many processes as the API it is compared with.",
         "",
-        *_table(["case", "req/s", "p50 ms", "p99 ms", "errors", "ratio to ceiling", "CPU cores"], rows),
+        *_table(header, rows),
     ]
 
 
-def _read_row(label: str, figures: Mapping[str, Any]) -> list[str]:
+def _read_row(label: str, figures: Mapping[str, Any], one: Mapping[str, Any]) -> list[str]:
     return [
         label,
         _fmt(figures.get("rps")),
@@ -112,6 +117,9 @@ def _read_row(label: str, figures: Mapping[str, Any]) -> list[str]:
         _fmt(figures.get("errors")),
         _fmt(figures.get("ratio_to_ceiling"), 3),
         _cpu(figures.get("cpu_cores")),
+        _fmt(one.get("rps")),
+        _fmt(one.get("p99_ms"), 2),
+        _fmt(one.get("ratio_to_ceiling"), 3),
     ]
 
 
@@ -151,7 +159,8 @@ def _write(results: Mapping[str, Any]) -> list[str]:
         "- accepted/s: 202s over the time from the first request to the last 202;",
         "- registered/s: registrations over the time from the first 202 to the last job's end;",
         "- to registered: from a registration's 202 (at the client) to the end of its job"
-        f" ({write.get('registered_clock')}: written after the status became `registered`). While the API"
+        f" (clock: {write.get('registered_clock')}; a row's created_at is taken at its batch's insert, a few"
+        " ms before the commit and the status `registered`). While the API"
         " accepts faster than the worker registers, this is mostly time spent queued;",
         "- CPU cores: from the first request to the last registration.",
         "",
@@ -169,6 +178,70 @@ def _write(results: Mapping[str, Any]) -> list[str]:
                 "",
             ]
     return out
+
+
+def _paced(results: Mapping[str, Any]) -> list[str]:
+    paced = results.get("paced")
+    if not paced:
+        return []
+    row = [
+        f"{_fmt(paced.get('rate_per_s'))}/s for {_fmt(paced.get('seconds'))} s",
+        _fmt(paced.get("accepted")),
+        _fmt(paced.get("accepted_per_s")),
+        _fmt(paced.get("p50_ms_to_registered")),
+        _fmt(paced.get("p99_ms_to_registered")),
+        _fmt(paced.get("post_p50_ms")),
+        _fmt(paced.get("post_p99_ms")),
+        str(paced.get("client_errors") or "none"),
+        _cpu(paced.get("cpu_cores")),
+    ]
+    header = ["offered", "accepted", "accepted/s", "to registered p50 ms", "p99 ms", "POST p50 ms"]
+    header += ["POST p99 ms", "client errors", "CPU cores"]
+    return [
+        "## Paced",
+        "",
+        f"Registrations started on a schedule (an open model) over {_fmt(paced.get('connections'))}"
+        " connections, the default worker: the latency a user feels from the 202 to `registered`"
+        f" ({paced.get('registered_clock')}).",
+        "",
+        *_table(header, [row]),
+    ]
+
+
+def _cluster(results: Mapping[str, Any]) -> list[str]:
+    cluster = results.get("write_cluster")
+    if not cluster:
+        return []
+    single = cluster.get("single_node", {})
+    rows = [
+        [
+            label,
+            *(_fmt(figures.get(k)) for k in WRITE_KEYS),
+            _fmt(figures.get("post_p50_ms")),
+            _fmt(figures.get("post_p99_ms")),
+            _cpu(figures.get("cpu_cores_until_registered")),
+        ]
+        for label, figures in (
+            ("one node (the machine's), classic queues", single),
+            (f"{cluster.get('nodes')} nodes, quorum queues", cluster),
+        )
+    ]
+    header = ["broker", "accepted/s", "registered/s", "to registered p50 ms", "p99 ms", "POST p50 ms"]
+    header += ["POST p99 ms", "CPU cores"]
+    return [
+        "## Write path on a RabbitMQ cluster",
+        "",
+        f"The write path's default run again ({_fmt(cluster.get('registrations'))} registrations), the broker"
+        f" a cluster of {cluster.get('nodes')} RabbitMQ nodes started on this machine"
+        f" ({_fmt(cluster.get('cluster_start_s'))} s to start and join; `realstack.cluster`), the service"
+        " given the three URLs and `BROKER_QUEUE_TYPE=quorum` (every message written to a majority of the"
+        f" nodes before it is confirmed); the registration queue led by `{cluster.get('queue_leader')}`."
+        f" Works: {_fmt(cluster.get('works'))}; statuses {cluster.get('states')}; bank requests"
+        f" {_fmt(cluster.get('bank_requests'))}. The cluster's three Erlang VMs share the same two cores"
+        " (`rabbitmq` in the CPU column counts every node on the machine).",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def _bank(results: Mapping[str, Any]) -> list[str]:
@@ -221,7 +294,14 @@ def _rss(results: Mapping[str, Any]) -> list[str]:
     rss = results.get("peak_rss_mb", {})
     cold = results.get("bank_requests", {}).get("cold_64_detail", {})
     config = results.get("write", {}).get("config")
-    rows = [["API, whole run (VmHWM)", _fmt(rss.get("api"))]]
+    rows = [["API, largest of the runs below", _fmt(rss.get("api"))]]
+    api_runs = {
+        "api_reads": "API during the reads (default processes)",
+        "api_reads_one_process": "API during the reads (one process)",
+        "api_writes": "API during the write runs",
+        "api_cluster": "API during the cluster's write run",
+    }
+    rows += [[label, _fmt(rss.get(key))] for key, label in api_runs.items() if key in rss]
     rows += [[f"worker `{n}`", _fmt(v)] for n, v in rss.get("worker_by_config", {}).items()]
     rows.append(
         [
@@ -232,8 +312,8 @@ def _rss(results: Mapping[str, Any]) -> list[str]:
     return [
         "## Peak RSS",
         "",
-        "The API's VmHWM (its own peak, kept by the kernel); a worker's largest sampled sum of VmRSS over its"
-        " main process and pool (every 0.25 s during its write run)."
+        "The largest sampled sum of VmRSS over a process and its children (every 0.25 s): the API's"
+        " supervisor and its processes, a worker's main process and pool."
         f" Reported: API {_fmt(rss.get('api'))} MB, worker (`{config}`) {_fmt(rss.get('worker'))} MB.",
         "",
         *_table(["process", "MB"], rows),
@@ -246,6 +326,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         *_seed(results),
         *_read(results),
         *_write(results),
+        *_paced(results),
+        *_cluster(results),
         *_bank(results),
         *_daily(results),
         *_rss(results),

@@ -1,33 +1,30 @@
 """The two stacks the tests run on, and real Celery worker processes started on them."""
 
-import asyncio
 import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import diskcache
-import httpx
 import kombu.exceptions
 import redis.asyncio as aioredis
 from alembic import command
 from alembic.config import Config
 from pydantic import SecretStr
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from delivery.broker import create_celery
 from delivery.config import EMBEDDED_DIR, Settings
+from realstack.net import free_port, port_open
+from realstack.processes import Service
+from realstack.resources import add_vhost, recreate_database, run_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
@@ -38,29 +35,12 @@ TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.
 RATE_RETRY_WINDOW = 3
 WORKER_READY_TIMEOUT = 60.0
 
-T = TypeVar("T")
+__all__ = ["run_sync"]
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, even where an event loop is already running."""
-    result: list[T] = []
-
-    def target() -> None:
-        result.append(asyncio.run(coro))
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    return result[0]
-
-
-def _tcp_open(url: str, default_port: int) -> bool:
+def _answers(url: str, default_port: int) -> bool:
     parts = urlsplit(url.replace("+asyncmy", ""))
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
-            return True
-    except OSError:
-        return False
+    return port_open(parts.port or default_port, parts.hostname or "127.0.0.1", timeout=2)
 
 
 def real_stack_down() -> str | None:
@@ -71,7 +51,7 @@ def real_stack_down() -> str | None:
             ("Redis", TEST_REDIS_URL, 6379),
             ("RabbitMQ", TEST_BROKER_URL, 5672),
         )
-        if not _tcp_open(url, port)
+        if not _answers(url, port)
     ]
     return ", ".join(down) or None
 
@@ -106,14 +86,7 @@ def prepare_real(worker_id: str, bank_url: str) -> Settings:
     base = make_url(TEST_DATABASE_URL)
     database = f"{base.database}_delivery_{index}"
 
-    async def recreate() -> None:
-        engine = create_async_engine(base)
-        async with engine.begin() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS `{database}`"))
-            await connection.execute(text(f"CREATE DATABASE `{database}`"))
-        await engine.dispose()
-
-    run_sync(recreate())
+    recreate_database(base.set(database=None), database)
     redis_parts = urlsplit(TEST_REDIS_URL)
     redis_url = urlunsplit(redis_parts._replace(path=f"/{1 + index % 15}"))
     return Settings(
@@ -126,17 +99,7 @@ def prepare_real(worker_id: str, bank_url: str) -> Settings:
 
 def _vhost(url: str, vhost: str) -> str:
     """A vhost of our own where rabbitmqctl can make one; the given URL as it is elsewhere."""
-    try:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "add_vhost", vhost], check=False, capture_output=True, timeout=60
-        )
-        subprocess.run(
-            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError):
+    if not add_vhost(vhost):
         return url
     return urlunsplit(urlsplit(url)._replace(path=f"/{vhost}"))
 
@@ -243,42 +206,25 @@ def run_in_thread(func: Any, *args: Any) -> None:
 _names = itertools.count()
 
 
-class WorkerProcess:
+class WorkerProcess(Service):
     """`celery worker` in a process group of its own, its log in the work folder."""
 
     def __init__(
         self, stack: Stack, *, concurrency: int = 2, queues: str = "registrations,pricing", **env: Any
     ) -> None:
         self.stack = stack
-        self.name = f"{stack.name}-{os.getpid()}-{next(_names)}"
-        self.log_path = stack.workdir / f"worker-{self.name}.log"
-        self.args = [
+        name = f"{stack.name}-{os.getpid()}-{next(_names)}"
+        args = [
             sys.executable, "-m", "celery", "-A", "delivery.worker", "worker",
-            "-Q", queues, "-c", str(concurrency), "-n", f"{self.name}@%h",
+            "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        self.env = stack.env(**env)
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(f"worker-{name}", args, env=stack.env(**env), cwd=stack.workdir)
 
     def start(self) -> "WorkerProcess":
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.args, env=self.env, cwd=self.stack.workdir, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT
-        while " ready." not in self.log():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker {self.name} did not start:\n{self.log()[-4000:]}")
-            time.sleep(0.1)
+        super().start()
+        self.wait_log(" ready.", WORKER_READY_TIMEOUT)
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def pool_pids(self) -> list[int]:
         """The pool processes that run the jobs (children of the main worker process)."""
@@ -291,12 +237,6 @@ class WorkerProcess:
             except OSError:
                 continue
         return sorted(set(pids))
-
-    def kill(self) -> None:
-        """SIGKILL to the whole worker: main process and pool alike."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
 
     def stop(self, timeout: float = 20.0) -> None:
         if not self.alive():
@@ -311,13 +251,6 @@ class WorkerProcess:
             self.process.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -325,39 +258,28 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-class ApiProcess:
+class ApiProcess(Service):
     """`delivery serve`, as `make run` starts it, with JSON logs."""
 
     def __init__(self, stack: Stack, **env: object) -> None:
-        self.port = _free_port()
-        self.log_path = stack.workdir / f"api-{self.port}.log"
-        self.env = stack.env(**({"HOST": "127.0.0.1", "PORT": self.port, "LOG_FORMAT": "json"} | env))
+        self.port = free_port()
         self.stack = stack
-        self.process: subprocess.Popen[bytes] | None = None
+        variables = stack.env(**({"HOST": "127.0.0.1", "PORT": self.port, "LOG_FORMAT": "json"} | env))
+        args = [sys.executable, "-m", "delivery.cli", "serve"]
+        super().__init__(f"api-{self.port}", args, env=variables, cwd=stack.workdir)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ApiProcess":
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "delivery.cli", "serve"],
-                env=self.env,
-                cwd=self.stack.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.process.kill()
-        self.process.wait(timeout=30)
-        raise RuntimeError(f"API did not start:\n{self.log()}")
+        super().start()
+        try:
+            self.wait_http(f"{self.url}/healthz")
+        except RuntimeError:
+            self.kill()
+            raise
+        return self
 
     def children(self) -> list[int]:
         """The API's processes under uvicorn's supervisor (WEB_CONCURRENCY > 1), not multiprocessing's
@@ -368,9 +290,6 @@ class ApiProcess:
             pids |= {int(pid) for pid in children.read_text().split()}
         return sorted(pid for pid in pids if b"spawn_main" in _cmdline(pid))
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def json_lines(self) -> list[dict[str, object]]:
         lines = []
         for line in self.log().splitlines():
@@ -378,7 +297,8 @@ class ApiProcess:
                 lines.append(json.loads(line))
         return lines
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to uvicorn's supervisor alone: it stops its processes itself."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=timeout)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import services
+from realstack import machine
 from tests.conftest import CI
 from tests.fakebank import FakeBank
 from tests.stack import ApiProcess, Stack, WorkerProcess, prepare_real, real_stack_down
@@ -16,7 +16,7 @@ CHAOS_SLOT = "gw3"
 
 @pytest.fixture(scope="session")
 def stack(workdir: Path, bank: FakeBank) -> Iterator[Stack]:
-    services.ensure_all_up()
+    machine.ensure_all_up()
     if down := real_stack_down():
         message = f"real stack unavailable: {down}"
         if CI:
@@ -31,10 +31,10 @@ def stack(workdir: Path, bank: FakeBank) -> Iterator[Stack]:
 @pytest.fixture(autouse=True)
 def services_restored(stack: Stack) -> Iterator[None]:
     """Whatever a test stopped is running again after it, as it was before, and takes connections."""
-    services.ensure_all_up()
+    machine.ensure_all_up()
     yield
-    services.ensure_all_up()
-    services.wait_broker_ready(str(stack.settings.CELERY_BROKER_URL))
+    machine.ensure_all_up()
+    machine.wait_broker_ready(str(stack.settings.CELERY_BROKER_URL))
 
 
 @pytest.fixture

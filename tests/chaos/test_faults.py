@@ -16,7 +16,7 @@ import pytest
 
 from delivery.broker import PUBLISH_TIMEOUT
 from delivery.rates import FAILURE_TTL
-from tests.chaos import services
+from realstack import machine
 from tests.chaos.burst import SIZE, Burst, open_sessions, send_burst
 from tests.fakebank import FakeBank, Mode
 from tests.helpers import Maker, expected_cost, fixture_rate, packages_by_registration, wait_until
@@ -170,9 +170,9 @@ def down_for(stop: Callable[[], None], start: Callable[[], None], seconds: float
 
 
 SERVICE_FAULTS = {
-    "rabbitmq-restart": down_for(services.stop_rabbitmq, services.start_rabbitmq, 1.0),
-    "redis-restart": down_for(services.stop_redis, services.start_redis, 2.0),
-    "mariadb-down-5s": down_for(services.stop_mariadb, services.start_mariadb, 5.0),
+    "rabbitmq-restart": down_for(machine.stop_rabbitmq, machine.start_rabbitmq, 1.0),
+    "redis-restart": down_for(machine.stop_redis, machine.start_redis, 2.0),
+    "mariadb-down-5s": down_for(machine.stop_mariadb, machine.start_mariadb, 5.0),
 }
 
 
@@ -238,13 +238,13 @@ async def test_broker_blocking_publishers_is_503_within_the_publish_timeout(
     async with httpx.AsyncClient(base_url=api.url, cookies={"session_id": cookie}, timeout=60) as client:
         warm = await client.post("/packages/", json=payload)  # the publisher's connection is open
         assert warm.status_code == 202, warm.text
-        services.block_publishers()
+        machine.block_publishers()
         try:
             started = time.monotonic()
             blocked = await client.post("/packages/", json=payload, headers={"Idempotency-Key": "blocked"})
             took = time.monotonic() - started
         finally:
-            services.unblock_publishers()
+            machine.unblock_publishers()
         print(f"\nchaos publishers blocked: answered {blocked.status_code} in {took:.2f}s")
         assert blocked.status_code == 503, blocked.text
         assert int(blocked.headers["Retry-After"]) > 0

@@ -1,4 +1,4 @@
-"""The stack of tests/cluster: a RabbitMQ cluster of three nodes on this machine (`tests.cluster.nodes`),
+"""The stack of tests/cluster: a RabbitMQ cluster of three nodes on this machine (`realstack.cluster`),
 beside this machine's own node, which it leaves alone; MariaDB and Redis are the real ones, in a slot of
 their own. The service is given the three nodes' URLs (`CELERY_BROKER_URL=a;b;c`) and
 `BROKER_QUEUE_TYPE=quorum`. The cluster starts once, for all these tests; with CI=true a cluster that
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from delivery.broker import create_celery
-from tests.cluster.nodes import Cluster, ClusterError, rabbitmq_installed
+from realstack.cluster import Cluster, ClusterError, rabbitmq_installed
 from tests.conftest import CI
 from tests.fakebank import FakeBank
 from tests.stack import Stack, prepare_real, real_stack_down

@@ -24,9 +24,9 @@ from delivery.broker import (
 )
 from delivery.models import Package
 from delivery.registration import RegistrationJob
+from realstack.cluster import Cluster, Node
 from tests.chaos.burst import Burst, open_sessions, send_burst
 from tests.chaos.test_faults import registered_exactly_once
-from tests.cluster.nodes import Cluster, Node
 from tests.fakebank import FakeBank
 from tests.helpers import Maker, valid_body, wait_until
 from tests.stack import ApiProcess, Stack, WorkerProcess

@@ -1,4 +1,5 @@
-"""A RabbitMQ cluster of three nodes on this machine, for the tests that lose a node.
+"""A RabbitMQ cluster of three nodes on this machine: for the tests that lose a node, and for `make bench`'s
+write path on a cluster.
 
 Each node is an Erlang VM of its own, started from the installed `rabbitmq-server` (as the Clustering Guide
 runs several nodes on one host): its own node name, AMQP and distribution ports, data and log folders, no
@@ -12,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import kombu
-import kombu.exceptions
+from realstack.machine import wait_broker_ready
+from realstack.net import free_port, port_open
 
 RABBITMQ_BIN = Path(os.environ.get("RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 HOST = "localhost"
@@ -38,21 +38,6 @@ def rabbitmq_installed() -> str | None:
     if missing:
         return f"{', '.join(missing)} not found in {RABBITMQ_BIN}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 class ClusterError(RuntimeError):
@@ -268,10 +253,12 @@ class Cluster:
     def node(self, name: str) -> Node:
         return next(node for node in self.nodes if node.name == name)
 
-    def queue_leader(self, queue: str) -> Node:
+    def queue_leader(self, queue: str, vhost: str = "/") -> Node:
         """The node that leads a quorum queue now, as a running node sees it."""
         via = self.running()[0]
-        for line in via.ctl_output("list_queues", "name", "leader", "--no-table-headers", "-q").splitlines():
+        for line in via.ctl_output(
+            "list_queues", "-p", vhost, "name", "leader", "--no-table-headers", "-q"
+        ).splitlines():
             name, _, leader = line.strip().partition("\t")
             if name == queue and leader:
                 return self.node(leader.strip())
@@ -293,16 +280,7 @@ class Cluster:
 
     def wait_amqp(self, node: Node, timeout: float = START_TIMEOUT) -> None:
         """Until the node takes an AMQP connection (a node starting opens its port before its vhosts)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with kombu.Connection(node.url(), connect_timeout=2) as connection:
-                    connection.ensure_connection(max_retries=1)
-                    return
-            except (OSError, kombu.exceptions.OperationalError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        wait_broker_ready(node.url(), timeout)
 
     def restart(self, node: Node) -> None:
         """Start a node that was killed or stopped, and wait until it is a running member again."""

@@ -1,14 +1,16 @@
-"""Stopping and starting this machine's MariaDB, Redis and RabbitMQ, as CI starts them (`.ci/run`).
+"""This machine's MariaDB, Redis and RabbitMQ: which of them answer, and stopping and starting them as CI
+starts them (`.ci/run`).
 
-Every function leaves the service running; `ensure_all_up` brings back whatever a failed test left down.
+Every `start_*` leaves the service running; `ensure_all_up` brings back whatever a failed run left down.
 """
 
-import socket
 import subprocess
 import time
 
 import kombu
 import kombu.exceptions
+
+from realstack.net import port_open, wait_port
 
 MARIADB_PORT = 3306
 REDIS_PORT = 6379
@@ -22,22 +24,17 @@ REDIS_START = [
 ]  # fmt: skip
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+#: The services by name, with the port each answers on.
+SERVICES = {"MariaDB": MARIADB_PORT, "Redis": REDIS_PORT, "RabbitMQ": RABBITMQ_PORT}
 
 
-def _wait(port: int, up: bool, what: str, timeout: float = START_TIMEOUT) -> float:
-    """Wait until the port is open (`up`) or closed; the seconds it took."""
-    started = time.monotonic()
-    while port_open(port) != up:
-        if time.monotonic() - started > timeout:
-            raise RuntimeError(f"{what} still {'down' if up else 'up'} after {timeout:.0f}s")
-        time.sleep(0.1)
-    return time.monotonic() - started
+def down(services: dict[str, int] = SERVICES) -> list[str]:
+    """The services that do not answer on their port."""
+    return [name for name, port in services.items() if not port_open(port)]
+
+
+def _wait(port: int, up: bool, what: str) -> float:
+    return wait_port(port, up, what, START_TIMEOUT)
 
 
 def _run(command: list[str], timeout: float = START_TIMEOUT) -> None:
@@ -121,3 +118,9 @@ def ensure_all_up() -> None:
     if not port_open(RABBITMQ_PORT):
         start_rabbitmq()
     unblock_publishers()
+
+
+def rabbitmqctl(*args: str, check: bool = True, timeout: float = START_TIMEOUT) -> int:
+    """`rabbitmqctl -q ARGS` against this machine's node; its exit status."""
+    done = subprocess.run(["rabbitmqctl", "-q", *args], check=check, capture_output=True, timeout=timeout)
+    return done.returncode
