@@ -197,37 +197,9 @@ async def open_sessions(base_url: str, count: int) -> list[str]:
 
 
 async def register(base_url: str, tokens: Sequence[str], total: int, concurrency: int) -> Registrations:
-    """`total` POST /packages/ from `concurrency` connections; connection k in session `tokens[k % len]`."""
-    url = httpx.URL(base_url)
-    host, port = url.host, url.port
-    assert port is not None
-    result = Registrations()
-    counter = itertools.count()
-
-    async def loop(k: int) -> None:
-        connection = HttpConnection(host, port)
-        headers = {"Content-Type": "application/json", "Cookie": f"session_id={tokens[k % len(tokens)]}"}
-        try:
-            while (i := next(counter)) < total:
-                sent = time.time()
-                try:
-                    status, body = await connection.request("POST", "/packages/", headers, package_body(i))
-                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                    result.errors[type(exc).__name__] += 1
-                    continue
-                now = time.time()
-                if status == 202:
-                    result.accepted[json.loads(body)["status_id"]] = now
-                    result.post_ms.append((now - sent) * 1000)
-                else:
-                    result.errors[str(status)] += 1
-        finally:
-            await connection.close()
-
-    result.started = time.time()
-    await asyncio.gather(*(loop(k) for k in range(concurrency)))
-    result.finished = time.time()
-    return result
+    """`total` POST /packages/ from `concurrency` connections, each sent as soon as its connection is free
+    (a closed model); connection k in session `tokens[k % len]`."""
+    return await _register(base_url, tokens, total, concurrency, rate=None)
 
 
 async def register_paced(
@@ -235,11 +207,16 @@ async def register_paced(
 ) -> Registrations:
     """POST /packages/ at `rate` a second for `seconds` (an open model: each request starts on its schedule,
     late only when all `concurrency` connections are busy), connection k in session `tokens[k % len]`."""
+    return await _register(base_url, tokens, int(rate * seconds), concurrency, rate=rate)
+
+
+async def _register(
+    base_url: str, tokens: Sequence[str], total: int, concurrency: int, *, rate: float | None
+) -> Registrations:
     url = httpx.URL(base_url)
     host, port = url.host, url.port
     assert port is not None
     result = Registrations()
-    total = int(rate * seconds)
     counter = itertools.count()
     start = time.monotonic() + 0.2
 
@@ -248,8 +225,7 @@ async def register_paced(
         headers = {"Content-Type": "application/json", "Cookie": f"session_id={tokens[k % len(tokens)]}"}
         try:
             while (i := next(counter)) < total:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
+                if rate is not None and (delay := start + i / rate - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 sent = time.time()
                 try:

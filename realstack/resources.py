@@ -3,7 +3,7 @@
 import asyncio
 import subprocess
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from sqlalchemy import text
@@ -15,14 +15,14 @@ from realstack.machine import rabbitmqctl
 T = TypeVar("T")
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, even where an event loop is already running."""
+def run_in_thread(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` in a thread of its own, off any event loop of the caller's; its result, or its error."""
     result: list[T] = []
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            result.append(asyncio.run(coro))
+            result.append(func(*args))
         except BaseException as exc:
             errors.append(exc)
 
@@ -32,6 +32,11 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if errors:
         raise errors[0]
     return result[0]
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even where an event loop is already running."""
+    return run_in_thread(lambda: asyncio.run(coro))
 
 
 async def _server_sql(server: URL | str, *statements: str) -> None:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from delivery.broker import create_celery
 from delivery.config import EMBEDDED_DIR, Settings
 from realstack.net import free_port, port_open
 from realstack.processes import Service
-from realstack.resources import add_vhost, recreate_database, run_sync
+from realstack.resources import add_vhost, recreate_database, run_in_thread, run_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
@@ -35,7 +34,7 @@ TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.
 RATE_RETRY_WINDOW = 3
 WORKER_READY_TIMEOUT = 60.0
 
-__all__ = ["run_sync"]
+__all__ = ["run_in_thread", "run_sync"]
 
 
 def _answers(url: str, default_port: int) -> bool:
@@ -156,6 +155,7 @@ class Stack:
         return config
 
     def migrate(self) -> None:
+        # Alembic's env.py runs its own event loop: off any loop of the caller's.
         run_in_thread(command.upgrade, self.alembic_config(), "head")
 
     def env(self, **overrides: Any) -> dict[str, str]:
@@ -184,23 +184,6 @@ class Stack:
 
     def close(self) -> None:
         self.stop_shared_worker()
-
-
-def run_in_thread(func: Any, *args: Any) -> None:
-    """Alembic's env.py runs its own event loop: keep it off any loop of the caller's."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            func(*args)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 _names = itertools.count()

@@ -8,7 +8,6 @@ answered 503 with Retry-After, never a 500. `make chaos` runs these, one at a ti
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -17,14 +16,10 @@ import pytest
 from delivery.broker import PUBLISH_TIMEOUT
 from delivery.rates import FAILURE_TTL
 from realstack import machine
-from tests.chaos.burst import SIZE, Burst, open_sessions, send_burst
+from tests.chaos.burst import Burst, open_sessions, registered_exactly_once, send_burst
 from tests.fakebank import FakeBank, Mode
-from tests.helpers import Maker, expected_cost, fixture_rate, packages_by_registration, wait_until
+from tests.helpers import Maker, packages_by_registration, wait_until
 from tests.stack import ApiProcess, Stack, WorkerProcess
-
-#: The most a burst may take to be registered after its last 202 (the worker catching up after a fault).
-SETTLE_LIMIT = 180.0
-STATUS_CONCURRENCY = 16
 
 
 def report(fault: str, burst: Burst, **figures: object) -> None:
@@ -36,79 +31,6 @@ def report(fault: str, burst: Burst, **figures: object) -> None:
         f"refused_503={burst.refused} "
         f"answers={dict(burst.answers)} longest_wait_s={burst.longest_wait:.1f} {extra}"
     )
-
-
-async def registered_exactly_once(
-    burst: Burst,
-    api: ApiProcess,
-    maker: Maker,
-    *,
-    priced: bool,
-    statuses: bool = True,
-    limit: float = SETTLE_LIMIT,
-) -> float:
-    """Every accepted registration ends `registered`, once, with the exact cost (or none, if not `priced`).
-
-    With `statuses`, each client also reads `registered` and its package id at its status URL.
-
-    Returns the seconds it took, after the burst, for the last row to appear.
-    """
-    assert not burst.broken, burst.broken[:10]
-    unhandled = [
-        line
-        for line in api.log().splitlines()
-        if "unhandled error" in line or "Exception in ASGI application" in line
-    ]
-    assert not unhandled, unhandled[:3]
-    assert len(burst.accepted) == SIZE
-    accepted = set(burst.accepted)
-
-    async def all_rows() -> bool:
-        return accepted <= {str(r) for r in await packages_by_registration(maker)}
-
-    took = await wait_until(all_rows, limit, "every accepted registration has its package")
-    await asyncio.sleep(1.0)  # a duplicate, had there been one on its way, would be in by now
-    rows = await packages_by_registration(maker)
-    # A registration id is unique in the table: one row per id. A duplicate would be a row whose id was never
-    # answered 202 (a refused attempt that reached the queue after all, under an id of its own).
-    assert {str(r) for r in rows} == accepted, "a package without an accepted registration"
-
-    rate, rate_date = fixture_rate()
-    for registration_id, (package,) in rows.items():
-        sent = burst.accepted[str(registration_id)][1]
-        assert package.name == sent["name"]
-        assert package.weight_kg == Decimal(sent["weight_kg"])
-        assert package.type_id == sent["type_id"]
-        if priced:
-            expected = expected_cost(sent["weight_kg"], sent["content_value_usd"], rate)
-            assert str(package.delivery_cost_rub) == expected, (registration_id, sent)
-            assert package.usd_rub_rate == rate and package.rate_date == rate_date
-        else:
-            assert package.delivery_cost_rub is None, (registration_id, sent)
-
-    if statuses:
-        await statuses_registered(burst, api, {str(r): group[0].id for r, group in rows.items()})
-    return took
-
-
-async def statuses_registered(burst: Burst, api: ApiProcess, package_ids: dict[str, int]) -> None:
-    """What each client sees: its registration's status is `registered`, with its package."""
-    gate = asyncio.Semaphore(STATUS_CONCURRENCY)
-
-    async def check(client: httpx.AsyncClient, status_id: str, cookie: str) -> None:
-        async with gate:
-            response = await client.get(
-                f"/packages/status/{status_id}/", headers={"Cookie": f"session_id={cookie}"}
-            )
-        assert response.status_code == 200, (status_id, response.text)
-        status = response.json()
-        assert status["state"] == "registered", status
-        assert status["package_id"] == package_ids[status_id], status
-
-    async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
-        await asyncio.gather(
-            *(check(client, status_id, cookie) for status_id, (cookie, _) in burst.accepted.items())
-        )
 
 
 def fault_at(

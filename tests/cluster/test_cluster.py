@@ -8,7 +8,8 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -25,8 +26,7 @@ from delivery.broker import (
 from delivery.models import Package
 from delivery.registration import RegistrationJob
 from realstack.cluster import Cluster, Node
-from tests.chaos.burst import Burst, open_sessions, send_burst
-from tests.chaos.test_faults import registered_exactly_once
+from tests.chaos.burst import Burst, open_sessions, registered_exactly_once, send_burst
 from tests.fakebank import FakeBank
 from tests.helpers import Maker, valid_body, wait_until
 from tests.stack import ApiProcess, Stack, WorkerProcess
@@ -44,6 +44,22 @@ def leader_first(cluster: Cluster, queue: str = REGISTRATION_QUEUE) -> tuple[Nod
     leader = cluster.queue_leader(queue)
     others = [node for node in cluster.nodes if node is not leader]
     return leader, ";".join(node.url() for node in [leader, *others])
+
+
+@contextmanager
+def clients_on_the_leader(
+    cluster: Cluster, stack: Stack, start_worker: Callable[..., WorkerProcess]
+) -> Iterator[tuple[Node, WorkerProcess, ApiProcess]]:
+    """A worker and an API connected to the registration queue's leader first (the stack's shared worker
+    stopped: the one worker is the one on the leader); the API stopped afterwards."""
+    stack.stop_shared_worker()
+    leader, urls = leader_first(cluster)
+    worker = start_worker(CELERY_BROKER_URL=urls).start()
+    api = ApiProcess(stack, CELERY_BROKER_URL=urls).start()
+    try:
+        yield leader, worker, api
+    finally:
+        api.stop()
 
 
 # --- quorum queues, and jobs that wait ---
@@ -208,11 +224,7 @@ async def test_leader_killed_mid_burst(
     """SIGKILL to the node leading the registration queue, the node the API and the worker are connected to:
     no registration lost or doubled, only 202 or 503 with Retry-After, and both carry on through the other
     nodes by themselves (the same processes, not restarted)."""
-    stack.stop_shared_worker()  # the one worker is the one connected to the leader
-    leader, urls = leader_first(cluster)
-    worker = start_worker(CELERY_BROKER_URL=urls).start()
-    api = ApiProcess(stack, CELERY_BROKER_URL=urls).start()
-    try:
+    with clients_on_the_leader(cluster, stack, start_worker) as (leader, worker, api):
         burst, flow = await burst_losing_a_node(api, maker, leader.kill)
         assert not leader.alive()
         assert worker.alive(), worker.log()[-4000:]
@@ -222,8 +234,6 @@ async def test_leader_killed_mid_burst(
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
             assert (await client.get("/readyz")).status_code == 200
         report("leader SIGKILL", burst, flow, cluster, record_property)
-    finally:
-        api.stop()
 
 
 async def test_leader_stopped_and_started_again_mid_burst(
@@ -235,20 +245,14 @@ async def test_leader_stopped_and_started_again_mid_burst(
 ) -> None:
     """The leader shut down cleanly (`rabbitmqctl stop`, as for an upgrade), started again moments later:
     it rejoins, and the registrations flowed meanwhile through the others."""
-    stack.stop_shared_worker()  # the one worker is the one connected to the leader
-    leader, urls = leader_first(cluster)
-    worker = start_worker(CELERY_BROKER_URL=urls).start()
-    api = ApiProcess(stack, CELERY_BROKER_URL=urls).start()
+    with clients_on_the_leader(cluster, stack, start_worker) as (leader, worker, api):
 
-    def stop_and_start() -> None:
-        leader.stop()
-        time.sleep(DOWN_FOR)
-        cluster.restart(leader)
+        def stop_and_start() -> None:
+            leader.stop()
+            time.sleep(DOWN_FOR)
+            cluster.restart(leader)
 
-    try:
         burst, flow = await burst_losing_a_node(api, maker, stop_and_start)
         assert leader.alive()
         assert worker.alive(), worker.log()[-4000:]
         report("leader stopped and restarted", burst, flow, cluster, record_property)
-    finally:
-        api.stop()
