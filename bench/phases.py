@@ -78,15 +78,10 @@ PACED_RATE = 500
 PACED_SECONDS = 20
 PACED_CONNECTIONS = 64
 
-#: In the order they run; after `default`, a setting that would not fit in the time budget is skipped.
+#: In the order they run; after `default`, a setting that would not fit in the time budget is skipped. The
+#: thread pool is not among them: the worker refuses it at start (README, Architecture).
 WORKER_CONFIGS = (
     WorkerConfig("default", (), "prefork pool, concurrency = CPU count (2): the Procfile's command as it is"),
-    WorkerConfig(
-        "threads-c4",
-        ("--pool", "threads", "-c", "4"),
-        "4 threads sharing the process's one event loop (delivery.worker.runtime)",
-        probe=200,
-    ),
     WorkerConfig("prefork-c4", ("-c", "4"), "prefork pool, 4 processes"),
     WorkerConfig("solo", ("--pool", "solo"), "one process, one job at a time", probe=1_000),
     WorkerConfig("prefork-c8", ("-c", "8"), "prefork pool, 8 processes"),
