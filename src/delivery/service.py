@@ -14,7 +14,7 @@ from typing import Any
 
 import cachetools
 from sqlalchemy import Integer, Row, Select, bindparam, false, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload
 
 from delivery.db import utcnow
@@ -106,9 +106,9 @@ AnyRow = Row[*tuple[Any, ...]]
 _TYPES = select(PackageType.id, PackageType.name).order_by(PackageType.id)
 
 
-async def list_types(db: AsyncSession) -> Sequence[AnyRow]:
+async def list_types(conn: AsyncConnection) -> Sequence[AnyRow]:
     """The types as rows of `id`, `name`, ordered by id."""
-    return (await (await db.connection()).execute(_TYPES)).all()
+    return (await conn.execute(_TYPES)).all()
 
 
 #: A package as the reads answer it: its columns and its type's, no ORM object (building one per row, with
@@ -158,7 +158,7 @@ def _page_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[
 
 
 async def list_packages(
-    db: AsyncSession,
+    conn: AsyncConnection,
     session_id: int,
     *,
     type_id: int | None = None,
@@ -177,9 +177,8 @@ async def list_packages(
         # A page number past any real list asks for an offset the database cannot hold: clamp it.
         "skip": min((page - 1) * size, MAX_BIGINT),
     }
-    # On the session's connection, not through the session: the rows are plain columns, and the ORM's
-    # execution layers (compile state, identity map) cost more CPU than the statement's round trip.
-    conn = await db.connection()
+    # On a connection, not through an ORM session: the rows are plain columns, and the ORM's execution
+    # layers (compile state, identity map) cost more CPU than the statement's round trip.
     rows = (await conn.execute(stmt, params)).all()
     if not rows:
         return [], int((await conn.execute(count, params)).scalar_one())
@@ -197,10 +196,10 @@ _OWN_PACKAGE_ROW = (
 )
 
 
-async def read_package(db: AsyncSession, session_id: int, package_id: int) -> AnyRow:
+async def read_package(conn: AsyncConnection, session_id: int, package_id: int) -> AnyRow:
     """One of `session_id`'s packages as a row of `PACKAGE_COLUMNS`."""
     params = {"package_id": package_id, "session_id": session_id}
-    row = (await (await db.connection()).execute(_OWN_PACKAGE_ROW, params)).one_or_none()
+    row = (await conn.execute(_OWN_PACKAGE_ROW, params)).one_or_none()
     if row is None:
         raise NotFound("package")
     return row
