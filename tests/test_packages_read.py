@@ -11,12 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, event, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from delivery import service
 from delivery.jobs import create_package, price_pending
-from delivery.models import Package
+from delivery.models import BLOCK_BITS, Package, PackageBlock
 from delivery.rates import Rate
 from delivery.registration import RegistrationJob
 from delivery.service import bind_transport_company
@@ -704,3 +705,113 @@ async def test_totals_follow_packages_written_outside_the_jobs(
         "clothes unpriced": 0,
         "misc priced": 0,
     }
+
+
+# --- deep pages: their start from package_blocks ---
+
+
+async def spread_packages(maker: Maker, session_id: int, count: int) -> dict[int, tuple[int, bool]]:
+    """`count` packages whose ids run over several blocks of ids: id -> (type id, has a cost)."""
+    layout = {}
+    async with maker() as db:
+        for n in range(count):
+            package_id = (5 << BLOCK_BITS) + n * 997 + (n % 5) * 4000
+            type_id, priced = 1 + n % 3, n % 4 < 2
+            package = Package(
+                id=package_id,
+                registration_id=uuid.uuid4(),
+                session_id=session_id,
+                type_id=type_id,
+                name=f"p{n}",
+                weight_kg=Decimal("1.000"),
+                content_value_usd=Decimal("2.00"),
+                delivery_cost_rub=Decimal("3.00") if priced else None,
+            )
+            db.add(package)
+            layout[package_id] = (type_id, priced)
+        await db.commit()
+    return layout
+
+
+async def blocks_and_packages(maker: Maker) -> tuple[dict[tuple[Any, ...], int], dict[tuple[Any, ...], int]]:
+    """package_blocks' counts, and the same counted from packages."""
+    async with maker() as db:
+        kept = {
+            (s, b, t, bool(c)): n
+            for s, b, t, c, n in (
+                await db.execute(
+                    select(
+                        PackageBlock.session_id,
+                        PackageBlock.block,
+                        PackageBlock.type_id,
+                        PackageBlock.has_cost,
+                        PackageBlock.packages,
+                    )
+                )
+            ).all()
+            if n
+        }
+        rows = (
+            await db.execute(select(Package.id, Package.session_id, Package.type_id, Package.has_cost))
+        ).all()
+    counted: dict[tuple[Any, ...], int] = {}
+    for package_id, session_id, type_id, has_cost in rows:
+        key = (session_id, package_id >> BLOCK_BITS, type_id, bool(has_cost))
+        counted[key] = counted.get(key, 0) + 1
+    return kept, counted
+
+
+DEEP_QUERIES: list[dict[str, Any]] = [{}, {"type": 2}, {"has_cost": "true"}, {"type": 1, "has_cost": "false"}]
+
+
+@pytest.mark.parametrize("size", [1, 7, 20])
+async def test_deep_pages_are_the_pages(
+    client: httpx.AsyncClient, maker: Maker, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Every page read from package_blocks is the page OFFSET gives: pages that start in a block, span
+    blocks, end past the list."""
+    session_id = await open_session(client)
+    layout = await spread_packages(maker, session_id, 90)
+    other_id, _ = await add_session(maker)
+    await spread_packages(maker, other_id, 0)
+    monkeypatch.setattr(service, "DEEP_SKIP", 1)
+
+    for params in DEEP_QUERIES:
+        want = [
+            package_id
+            for package_id, (type_id, priced) in sorted(layout.items(), reverse=True)
+            if params.get("type", type_id) == type_id
+            and params.get("has_cost", str(priced).lower()) == str(priced).lower()
+        ]
+        pages = -(-len(want) // size)
+        for page in range(1, pages + 2):
+            with statements(client) as seen:
+                body = await list_packages(client, **params, page=page, size=size)
+            assert ids(body) == want[(page - 1) * size : page * size], (params, page)
+            assert (body["total"], body["pages"]) == (len(want), pages), (params, page)
+            if page > 1:
+                assert any("package_blocks" in s for s in seen), seen
+
+
+async def test_blocks_stay_exact(client: httpx.AsyncClient, maker: Maker) -> None:
+    """Inserted, priced, moved, deleted: package_blocks counts what packages hold."""
+    session_id = await open_session(client)
+    other_id, _ = await add_session(maker)
+    layout = await spread_packages(maker, session_id, 40)
+    await add_packages(maker, session_id=other_id, count=5)
+    some = sorted(layout)[::3]
+
+    async with maker() as db:
+        await db.execute(update(Package).where(Package.id == some[0]).values(delivery_cost_rub=None))
+        await db.execute(
+            update(Package).where(Package.id == some[1]).values(delivery_cost_rub=Decimal("1.00"))
+        )
+        await db.execute(update(Package).where(Package.id == some[2]).values(type_id=3))
+        await db.execute(update(Package).where(Package.id == some[3]).values(session_id=other_id))
+        await db.execute(update(Package).where(Package.id == some[4]).values(id=some[4] + (9 << BLOCK_BITS)))
+        await db.execute(delete(Package).where(Package.id == some[5]))
+        await db.commit()
+    assert await price_pending(maker, RATE) > 0
+
+    kept, counted = await blocks_and_packages(maker)
+    assert kept == counted

@@ -84,6 +84,26 @@ class PackageCount(Base):
     packages: Mapped[int] = mapped_column(BigInteger)
 
 
+#: A package's block of ids is `id >> BLOCK_BITS`: 16,384 ids in a row (the `package_blocks` migration's).
+BLOCK_BITS = 14
+
+
+class PackageBlock(Base):
+    """How many packages each session has per block of ids, type and cost known or not: where a deep page
+    starts, from the running sum of a few hundred rows, not from walking every package before the page.
+
+    Kept by triggers on `packages` (see the `package_blocks` migration), as `PackageCount` is.
+    """
+
+    __tablename__ = "package_blocks"
+
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    type_id: Mapped[int] = mapped_column(ForeignKey("package_types.id", ondelete="CASCADE"), primary_key=True)
+    has_cost: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    packages: Mapped[int] = mapped_column(BigInteger)
+
+
 class CostCalculation(Base):
     """The log of cost calculations: one row per package, written with the cost itself."""
 

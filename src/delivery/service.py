@@ -14,17 +14,19 @@ from typing import Any
 
 import cachetools
 from sqlalchemy import Integer, Row, Select, bindparam, false, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload
 
 from delivery.db import utcnow
 from delivery.errors import NotFound, TransportCompanyConflict
 from delivery.jobs import LAST_PRICING_KEY, PricingRun
 from delivery.models import (
+    BLOCK_BITS,
     ClientSession,
     CostCalculation,
     DailyCostTotal,
     Package,
+    PackageBlock,
     PackageCount,
     PackageType,
 )
@@ -106,9 +108,9 @@ AnyRow = Row[*tuple[Any, ...]]
 _TYPES = select(PackageType.id, PackageType.name).order_by(PackageType.id)
 
 
-async def list_types(db: AsyncSession) -> Sequence[AnyRow]:
+async def list_types(conn: AsyncConnection) -> Sequence[AnyRow]:
     """The types as rows of `id`, `name`, ordered by id."""
-    return (await (await db.connection()).execute(_TYPES)).all()
+    return (await conn.execute(_TYPES)).all()
 
 
 #: A package as the reads answer it: its columns and its type's, no ORM object (building one per row, with
@@ -157,8 +159,67 @@ def _page_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[
     return page, count
 
 
+#: From this many packages before a page on, its start is found from `package_blocks`.
+DEEP_SKIP = 1_000
+#: A deep page whose blocks changed between its two statements is read again, at most this many times; then
+#: by OFFSET alone.
+DEEP_TRIES = 3
+
+
+@functools.cache
+def _deep_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[Any]]:
+    """A deep page: the block where it starts, then the page from there with what the blocks above hold."""
+    where = [Package.session_id == bindparam("session_id"), Package.id < bindparam("upper")]
+    blocked = [PackageBlock.session_id == bindparam("session_id")]
+    if by_type:
+        where.append(Package.type_id == bindparam("type_id"))
+        blocked.append(PackageBlock.type_id == bindparam("type_id"))
+    if by_cost:
+        where.append(Package.has_cost == bindparam("has_cost"))
+        blocked.append(PackageBlock.has_cost == bindparam("has_cost"))
+    in_block = func.sum(PackageBlock.packages)
+    # Newest block first: each block's packages, and those of the blocks from the newest down to it.
+    running = (
+        select(
+            PackageBlock.block,
+            in_block.label("packages"),
+            func.sum(in_block).over(order_by=PackageBlock.block.desc()).label("through"),
+        )
+        .where(*blocked)
+        .group_by(PackageBlock.block)
+    ).subquery()
+    start = (
+        select(running.c.block, running.c.packages, running.c.through)
+        .where(running.c.through > bindparam("skip"))
+        .order_by(running.c.block.desc())
+        .limit(1)
+    )
+    _, count = _page_statements(by_type, by_cost)
+    above = select(func.coalesce(func.sum(PackageBlock.packages), 0)).where(
+        *blocked, PackageBlock.block > bindparam("block")
+    )
+    page_ids = (
+        select(Package.id)
+        .where(*where)
+        .order_by(Package.id.desc())
+        .limit(bindparam("size", type_=Integer))
+        .offset(bindparam("skip_in_block", type_=Integer))
+    ).subquery()
+    page = (
+        select(
+            *PACKAGE_COLUMNS,
+            count.scalar_subquery().label("total"),
+            above.scalar_subquery().label("above"),
+        )
+        .join(page_ids, page_ids.c.id == Package.id)
+        .join(PackageType, PackageType.id == Package.type_id)
+        .order_by(Package.id.desc())
+    )
+    return start, page
+
+
 async def list_packages(
-    db: AsyncSession,
+    conn: AsyncConnection,
     session_id: int,
     *,
     type_id: int | None = None,
@@ -167,23 +228,47 @@ async def list_packages(
     size: int = 20,
 ) -> tuple[Sequence[AnyRow], int]:
     """One page of rows (`PACKAGE_COLUMNS`), newest first, and the total, in one statement (types joined);
-    a page past the end costs one more for the total."""
-    stmt, count = _page_statements(type_id is not None, has_cost is not None)
-    params = {
-        "session_id": session_id,
-        "type_id": type_id,
-        "has_cost": has_cost,
-        "size": size,
-        # A page number past any real list asks for an offset the database cannot hold: clamp it.
-        "skip": min((page - 1) * size, MAX_BIGINT),
-    }
-    # On the session's connection, not through the session: the rows are plain columns, and the ORM's
-    # execution layers (compile state, identity map) cost more CPU than the statement's round trip.
-    conn = await db.connection()
+    a page past the end costs one more for the total, a deep page one more for where it starts."""
+    by_type, by_cost = type_id is not None, has_cost is not None
+    stmt, count = _page_statements(by_type, by_cost)
+    # A page number past any real list asks for an offset the database cannot hold: clamp it.
+    skip = min((page - 1) * size, MAX_BIGINT)
+    params = {"session_id": session_id, "type_id": type_id, "has_cost": has_cost, "size": size, "skip": skip}
+    # On a connection, not through an ORM session: the rows are plain columns, and the ORM's execution
+    # layers (compile state, identity map) cost more CPU than the statement's round trip.
+    if skip >= DEEP_SKIP:
+        deep = await _deep_page(conn, by_type, by_cost, skip, params)
+        if deep is not None:
+            return deep
     rows = (await conn.execute(stmt, params)).all()
     if not rows:
         return [], int((await conn.execute(count, params)).scalar_one())
     return rows, int(rows[0].total)
+
+
+async def _deep_page(
+    conn: AsyncConnection, by_type: bool, by_cost: bool, skip: int, params: dict[str, Any]
+) -> tuple[Sequence[AnyRow], int] | None:
+    """A page far from the start, walking only the block where it starts (and on, for a page that spans
+    blocks): the block comes from the running sum of `package_blocks`. The page's statement counts again,
+    in its own snapshot, the packages of the blocks above; equal to the count the offset was taken from, the
+    page is exact in that snapshot, otherwise (a package written in between) it is read again. None: read it
+    by OFFSET alone (past the end, or the blocks kept changing)."""
+    start, page = _deep_statements(by_type, by_cost)
+    for _ in range(DEEP_TRIES):
+        found = (await conn.execute(start, params)).one_or_none()
+        if found is None:
+            return None
+        above = int(found.through) - int(found.packages)
+        deep = params | {
+            "block": found.block,
+            "upper": (int(found.block) + 1) << BLOCK_BITS,
+            "skip_in_block": skip - above,
+        }
+        rows = (await conn.execute(page, deep)).all()
+        if rows and int(rows[0].above) == above:
+            return rows, int(rows[0].total)
+    return None
 
 
 _PACKAGE = select(Package).options(joinedload(Package.type)).where(Package.id == bindparam("package_id"))
@@ -197,10 +282,10 @@ _OWN_PACKAGE_ROW = (
 )
 
 
-async def read_package(db: AsyncSession, session_id: int, package_id: int) -> AnyRow:
+async def read_package(conn: AsyncConnection, session_id: int, package_id: int) -> AnyRow:
     """One of `session_id`'s packages as a row of `PACKAGE_COLUMNS`."""
     params = {"package_id": package_id, "session_id": session_id}
-    row = (await (await db.connection()).execute(_OWN_PACKAGE_ROW, params)).one_or_none()
+    row = (await conn.execute(_OWN_PACKAGE_ROW, params)).one_or_none()
     if row is None:
         raise NotFound("package")
     return row

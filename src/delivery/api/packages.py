@@ -1,17 +1,22 @@
+import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from delivery import registration, service
 from delivery.api import bodies
-from delivery.api.deps import DbSession, PackageId, ResourcesDep, SessionId
+from delivery.api.deps import DbSession, PackageId, Resources, ResourcesDep, SessionId
 from delivery.api.responses import PACKAGE_NOT_FOUND, STATUS_NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
+from delivery.db import utcnow
 from delivery.errors import InvalidField
 from delivery.schemas import (
+    MAX_BIGINT,
     MAX_INT,
     PackageCreate,
     PackagePage,
@@ -21,10 +26,84 @@ from delivery.schemas import (
     RegistrationStatus,
 )
 
-router = APIRouter(route_class=DecimalRoute, tags=["packages"])
-
 # The reads answer bytes encoded once (`bodies`); `response_model` keeps documenting their shapes.
 JSON = "application/json"
+
+#: A read's fast path: its answer to a plain request, or None for the route's FastAPI handler to answer.
+FastPath = Callable[[Request], Awaitable[Response | None]]
+_FAST_PATHS: dict[Callable[..., Any], FastPath] = {}
+
+
+class ReadRoute(DecimalRoute):
+    """A route whose endpoint may have a fast path (`fast_path`), tried before FastAPI's handler.
+
+    FastAPI's handler solves the dependencies (each a coroutine, the query's validation, an ORM session opened
+    and closed) and that costs more CPU than the read itself. The common request of a read - the session in
+    the cache, plain query values within their bounds - is answered by the fast path from the same service
+    functions and encoders; anything else (no session or an unknown one, a value to refuse or to coerce, a
+    parameter repeated) goes to FastAPI's handler, which answers as it always has. Both run inside the same
+    exception handling, so a database that went away is a 503 either way.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        fast = _FAST_PATHS.get(self.endpoint)
+        if fast is None:
+            return handler
+
+        async def fast_or_full(request: Request) -> Response:
+            response = await fast(request)
+            return response if response is not None else await handler(request)
+
+        return fast_or_full
+
+
+def fast_path(endpoint: Callable[..., Any]) -> Callable[[FastPath], FastPath]:
+    def register(fast: FastPath) -> FastPath:
+        _FAST_PATHS[endpoint] = fast
+        return fast
+
+    return register
+
+
+router = APIRouter(route_class=ReadRoute, tags=["packages"])
+
+
+def _cached_session(request: Request, resources: Resources) -> int | None:
+    """The session of the request's cookie if the cache holds it (as `current_session` would find it)."""
+    token = request.cookies.get("session_id")
+    if not token:
+        return None
+    return resources.sessions.get(service.hash_token(token), utcnow())
+
+
+#: What the fast path takes of a query: each parameter once, as `name=value` of plain characters.
+_QUERY_PART = re.compile(rb"(type|has_cost|page|size)=([0-9a-z]{1,15})")
+#: Integers as FastAPI reads them, in their plain spelling only (no sign, leading zero, space, underscore).
+_PLAIN_INT = re.compile(rb"[1-9][0-9]{0,14}")
+_BOOLS = {b"true": True, b"false": False}
+
+
+def _plain_query(query: bytes) -> dict[bytes, bytes] | None:
+    """The list's parameters, if each is given at most once, plainly; None for anything else."""
+    params: dict[bytes, bytes] = {}
+    if not query:
+        return params
+    for part in query.split(b"&"):
+        match = _QUERY_PART.fullmatch(part)
+        if match is None or match[1] in params:
+            return None
+        params[match[1]] = match[2]
+    return params
+
+
+def _plain_int(value: bytes | None, default: int | None, high: int) -> int | None:
+    """`value` as an int within 1..`high`; `default` when absent; -1 when FastAPI must answer."""
+    if value is None:
+        return default
+    if _PLAIN_INT.fullmatch(value) is None or (number := int(value)) > high:
+        return -1
+    return number
 
 
 #: Types come from migrations: their answer is kept this long, then read anew (a type added while serving).
@@ -37,16 +116,34 @@ class _TypesAnswer:
     read_at: float
 
 
-@router.get("/types/", response_model=list[PackageTypeRead], responses=UNAVAILABLE)
-async def list_types(request: Request, resources: ResourcesDep) -> Response:
-    """The parcel types, ordered by id."""
+def _kept_types(request: Request) -> _TypesAnswer | None:
     # Kept on the app, not the module: each app has its own database.
     kept: _TypesAnswer | None = getattr(request.app.state, "types_answer", None)
     if kept is None or time.monotonic() - kept.read_at > TYPES_CACHE_SECONDS:
-        async with resources.maker() as db:
-            kept = _TypesAnswer(bodies.package_types(await service.list_types(db)), time.monotonic())
+        return None
+    return kept
+
+
+@router.get("/types/", response_model=list[PackageTypeRead], responses=UNAVAILABLE)
+async def list_types(request: Request, resources: ResourcesDep) -> Response:
+    """The parcel types, ordered by id."""
+    kept = _kept_types(request)
+    if kept is None:
+        async with resources.engine.connect() as conn:
+            kept = _TypesAnswer(bodies.package_types(await service.list_types(conn)), time.monotonic())
         request.app.state.types_answer = kept
     return Response(kept.body, media_type=JSON)
+
+
+@fast_path(list_types)
+async def _fast_types(request: Request) -> Response | None:
+    kept = _kept_types(request)
+    return None if kept is None else Response(kept.body, media_type=JSON)
+
+
+MAX_SIZE = 100
+#: The largest page number the fast path reads itself (FastAPI's handler answers larger ones alike).
+MAX_PAGE = 10**15
 
 
 @router.get("/packages/", response_model=PackagePage, responses=UNAUTHENTICATED | UNAVAILABLE)
@@ -56,13 +153,37 @@ async def list_packages(
     type: Annotated[int | None, Query(ge=1, le=MAX_INT, description="only this type id")] = None,
     has_cost: Annotated[bool | None, Query(description="only with (true) or without (false) a cost")] = None,
     page: Annotated[int, Query(ge=1)] = 1,
-    size: Annotated[int, Query(ge=1, le=100)] = 20,
+    size: Annotated[int, Query(ge=1, le=MAX_SIZE)] = 20,
 ) -> Response:
     """This session's packages, newest first, filtered and paginated."""
+    return await _package_page(await db.connection(), session_id, type, has_cost, page, size)
+
+
+async def _package_page(
+    conn: AsyncConnection, session_id: int, type_id: int | None, has_cost: bool | None, page: int, size: int
+) -> Response:
     rows, total = await service.list_packages(
-        db, session_id, type_id=type, has_cost=has_cost, page=page, size=size
+        conn, session_id, type_id=type_id, has_cost=has_cost, page=page, size=size
     )
     return Response(bodies.package_page(rows, total=total, page=page, size=size), media_type=JSON)
+
+
+@fast_path(list_packages)
+async def _fast_list(request: Request) -> Response | None:
+    resources: Resources = request.app.state.resources
+    params = _plain_query(request.scope["query_string"])
+    if params is None or (session_id := _cached_session(request, resources)) is None:
+        return None
+    type_id = _plain_int(params.get(b"type"), None, MAX_INT)
+    page = _plain_int(params.get(b"page"), 1, MAX_PAGE)
+    size = _plain_int(params.get(b"size"), 20, MAX_SIZE)
+    raw_cost = params.get(b"has_cost")
+    has_cost = None if raw_cost is None else _BOOLS.get(raw_cost)
+    if type_id == -1 or page == -1 or size == -1 or (raw_cost is not None and has_cost is None):
+        return None
+    assert page is not None and size is not None
+    async with resources.engine.connect() as conn:
+        return await _package_page(conn, session_id, type_id, has_cost, page, size)
 
 
 @router.post(
@@ -117,4 +238,20 @@ async def registration_status(
 )
 async def get_package(session_id: SessionId, package_id: PackageId, db: DbSession) -> Response:
     """One of this session's packages."""
-    return Response(bodies.package(await service.read_package(db, session_id, package_id)), media_type=JSON)
+    return await _package(await db.connection(), session_id, package_id)
+
+
+async def _package(conn: AsyncConnection, session_id: int, package_id: int) -> Response:
+    return Response(bodies.package(await service.read_package(conn, session_id, package_id)), media_type=JSON)
+
+
+@fast_path(get_package)
+async def _fast_package(request: Request) -> Response | None:
+    resources: Resources = request.app.state.resources
+    raw_id = request.path_params["package_id"].encode()
+    if _plain_int(raw_id, None, MAX_BIGINT) in (None, -1):
+        return None
+    if (session_id := _cached_session(request, resources)) is None:
+        return None
+    async with resources.engine.connect() as conn:
+        return await _package(conn, session_id, int(raw_id))
