@@ -1,18 +1,22 @@
 """What operators rely on: request ids, structured logs, graceful shutdown of the API and the worker."""
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from delivery.api import create_app, middleware
+from delivery.config import Settings
 from delivery.logs import ContextFilter, formatter, request_id
 from tests.fakebank import FakeBank
 from tests.helpers import (
@@ -184,3 +188,34 @@ def test_log_level_debug_echoes_sql_and_info_does_not(tmp_path: Path) -> None:
     )
     assert "SELECT 1" not in quiet.stderr
     assert "SELECT 1" in loud.stderr
+
+
+async def test_the_heap_is_frozen_once_the_app_has_started(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the start made is set aside from the garbage collector's scans (gc.freeze), once per process."""
+    monkeypatch.setattr(middleware, "_heap_settled", False)
+    gc.unfreeze()
+    app = create_app(settings)
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    sent: list[str] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message["type"])
+
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send)
+    )
+    try:
+        await wait_until(lambda: "lifespan.startup.complete" in sent, 30, "the app's start")
+        assert gc.get_freeze_count() > 0
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(app.state.resources) not in tracked  # made by the start, frozen
+        middleware.settle_heap()  # once per process: a second call leaves the frozen set as it is
+        assert id(app.state.resources) not in {id(o) for o in gc.get_objects()}
+    finally:
+        gc.unfreeze()
+        await inbox.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 30)
+    assert sent[-1] == "lifespan.shutdown.complete"

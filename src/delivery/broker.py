@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import aio_pika.abc
+import aiormq
 from celery import Celery
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
@@ -45,6 +46,8 @@ BATCH_INTERVAL = 0.02
 #: Messages a worker process holds unacknowledged: two batches for each pool process, so one fills while
 #: the other is written.
 PREFETCH_MULTIPLIER = 2 * BATCH_SIZE
+#: AMQP's delivery mode of a message written to disk by the broker (aio_pika.DeliveryMode.PERSISTENT).
+PERSISTENT = 2
 #: The longest a publish may take, connecting included, before the API answers 503.
 PUBLISH_TIMEOUT = 5.0
 #: The first of the delay levels of Celery's native delayed delivery, which the worker declares at start: a
@@ -306,33 +309,45 @@ class AmqpPublisher:
         self._current = 0
         self._lock = asyncio.Lock()
         self._connection: aio_pika.abc.AbstractConnection | None = None
-        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        #: The confirming channel of the connection (aiormq's, under aio-pika's wrapper), kept open.
+        self._channel: aiormq.Channel | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     async def publish(self, job: RegistrationJob) -> None:
         headers, body = task_message(job)
-        message = aio_pika.Message(
-            body,
-            headers=headers,
+        # The properties aio-pika's Message would make, built directly; the frames go through the connection's
+        # channel itself (aio-pika's Exchange.publish forwards to it), which waits for the broker's confirm
+        # and raises on a nack and, the message being mandatory, on a return. `wait=False`: the publish does
+        # not wait for the socket's write buffer to drain first, the confirm comes after it anyway (a task
+        # switch and a future less per message; a blocked broker is still the deadline's 503).
+        properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
             content_encoding="utf-8",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            correlation_id=job.registration_id,
+            headers=headers,
+            delivery_mode=PERSISTENT,
             priority=0,
+            correlation_id=job.registration_id,
         )
         try:
             async with asyncio.timeout(self._timeout):
-                exchange = self._exchange or await self._connect()
-                await exchange.publish(message, routing_key=REGISTRATION_QUEUE, mandatory=True)
+                channel = self._channel or await self._connect()
+                await channel.basic_publish(
+                    body,
+                    exchange=REGISTRATION_QUEUE,
+                    routing_key=REGISTRATION_QUEUE,
+                    properties=properties,
+                    mandatory=True,
+                    wait=False,
+                )
         except Exception:
             # A request cancelled by its client leaves the channel as it is; any other failure drops it.
             await self._drop()
             raise
 
-    async def _connect(self) -> aio_pika.abc.AbstractExchange:
+    async def _connect(self) -> aiormq.Channel:
         async with self._lock:
-            if self._exchange is not None:
-                return self._exchange
+            if self._channel is not None:
+                return self._channel
             errors = []
             # A node whose host is gone answers nothing until the timeout: each has its share of the
             # deadline, so the others are still tried within it.
@@ -355,17 +370,20 @@ class AmqpPublisher:
                         REGISTRATION_QUEUE, durable=True, arguments=self._queue_arguments
                     )
                     await queue.bind(exchange, routing_key=REGISTRATION_QUEUE)
+                    underlay = await channel.get_underlay_channel()
+                    if not isinstance(underlay, aiormq.Channel):
+                        raise TypeError(f"aio-pika's channel is not aiormq's: {underlay!r}")
                 except BaseException:
                     await connection.close()
                     raise
-                self._connection, self._exchange, self._current = connection, exchange, index
+                self._connection, self._channel, self._current = connection, underlay, index
                 logger.info("publisher connected broker=%s", _without_password(url))
-                return exchange
+                return underlay
             raise ConnectionError(f"no broker answered: {errors!r}")
 
     async def _drop(self) -> None:
         """Forget the connection; it is closed in the background (a blocked broker would hold up the 503)."""
-        connection, self._connection, self._exchange = self._connection, None, None
+        connection, self._connection, self._channel = self._connection, None, None
         if connection is not None:
             self._first = (self._current + 1) % len(self._urls)
             task = asyncio.create_task(_close(connection))

@@ -8,6 +8,7 @@ registration id of the job, it was logged under.
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -46,8 +47,22 @@ class TextFormatter(logging.Formatter):
     """One record, one line: control characters in any value (a path, a header, a name) are escaped, so
     that what a client sends cannot forge a line of the log. A traceback that follows keeps its lines."""
 
+    #: The second last formatted and its text: every line of a request logs the time, most within one second.
+    _second: tuple[int, str] = (-1, "")
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         return _CONTROL.sub(_escaped, super().formatMessage(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As logging's own (`2026-12-01 00:30:20,116`), the second's text made once a second."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+            self._second = cached  # one assignment: a thread never sees a second with another's text
+        return f"{cached[1]},{int(record.msecs):03d}"  # logging's default_msec_format, "%s,%03d"
 
 
 class ContextFilter(logging.Filter):
@@ -75,6 +90,9 @@ def formatter(fmt: str) -> logging.Formatter:
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     level = (level or os.environ.get("LOG_LEVEL") or "INFO").upper()
     fmt = (fmt or os.environ.get("LOG_FORMAT") or "text").lower()
+    # No line shows a thread's or a multiprocessing process's name: not looked up for every record.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.addFilter(ContextFilter())
     handler.setFormatter(formatter(fmt))
