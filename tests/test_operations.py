@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from delivery.api import create_app, middleware
+from delivery.api import app as app_module
+from delivery.api import create_app
 from delivery.config import Settings
 from delivery.logs import ContextFilter, formatter, request_id
 from tests.fakebank import FakeBank
@@ -194,7 +195,7 @@ async def test_the_heap_is_frozen_once_the_app_has_started(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the start made is set aside from the garbage collector's scans (gc.freeze), once per process."""
-    monkeypatch.setattr(middleware, "_heap_settled", False)
+    monkeypatch.setattr(app_module, "_heap_settled", False)
     gc.unfreeze()
     app = create_app(settings)
     inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
@@ -212,7 +213,7 @@ async def test_the_heap_is_frozen_once_the_app_has_started(
         assert gc.get_freeze_count() > 0
         tracked = {id(o) for o in gc.get_objects()}
         assert id(app.state.resources) not in tracked  # made by the start, frozen
-        middleware.settle_heap()  # once per process: a second call leaves the frozen set as it is
+        app_module.settle_heap()  # once per process: a second call leaves the frozen set as it is
         assert id(app.state.resources) not in {id(o) for o in gc.get_objects()}
     finally:
         gc.unfreeze()

@@ -1,7 +1,5 @@
-"""ASGI middleware: the request id every log line of a request carries, the access log, the body limit; and,
-once the app has started, its long-lived objects set aside from the garbage collector's scans."""
+"""ASGI middleware: the request id every log line of a request carries, the access log, the body limit."""
 
-import gc
 import logging
 import re
 import time
@@ -22,44 +20,13 @@ HEADER = "X-Request-ID"
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-_heap_settled = False
-
-
-def settle_heap() -> None:
-    """Once per process, when the app has started: collect, then freeze what is left (`gc.freeze`).
-
-    What exists then (the modules, routes and schemas, the pools and connections: some 140,000 objects) lives
-    as long as the process. Under load the objects of requests in flight outlive young collections, and every
-    few hundred requests a full collection scanned all of it: about 70 ms of CPU with the event loop stalled,
-    some 0.1 ms per request on average, and the tail of the latency. Frozen objects are left out of the scans;
-    they are still freed by reference counting. Collected first, so that no garbage of the start is kept.
-    """
-    global _heap_settled
-    if not _heap_settled:
-        _heap_settled = True
-        gc.collect()
-        gc.freeze()
-
-
-def _settling_after_startup(send: Send) -> Send:
-    async def send_settled(message: Message) -> None:
-        if message["type"] == "lifespan.startup.complete":
-            settle_heap()
-        await send(message)
-
-    return send_settled
-
-
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            # The app's start passes here too (the outermost of our middleware): the heap is settled after it.
-            await self.app(
-                scope, receive, _settling_after_startup(send) if scope["type"] == "lifespan" else send
-            )
+            await self.app(scope, receive, send)
             return
         sent = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         rid = sent if _ACCEPTABLE.fullmatch(sent) else uuid.uuid4().hex
