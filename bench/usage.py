@@ -71,9 +71,10 @@ class RssSampler:
     _thread: threading.Thread | None = None
 
     def track(self, name: str, pid: int) -> None:
+        """Sample the tree of `pid` as `name`, from a new peak (a name tracked again starts afresh)."""
         with self._lock:
             self._roots[name] = pid
-            self.peaks.setdefault(name, Peak())
+            self.peaks[name] = Peak()
 
     def untrack(self, name: str) -> Peak:
         """Stop sampling `name` (sampled once more first) and return its peak."""
