@@ -141,22 +141,25 @@ def _page_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[
         counted.append(PackageCount.has_cost == bindparam("has_cost"))
     # The total from the kept counts: at most six rows, however many packages the session has.
     count = select(func.coalesce(func.sum(PackageCount.packages), 0)).where(*counted)
-    # A deferred join: the page's ids come from the index alone, however deep the page; only those rows
-    # are read whole.
+    return _page(where, "skip", count.scalar_subquery().label("total")), count
+
+
+def _page(where: list[Any], skip: str, *extra: Any) -> Select[Any]:
+    """The page's rows, newest first, with `extra` columns: a deferred join, the page's ids come from the
+    index alone (past `skip` of them), however deep the page; only those rows are read whole."""
     page_ids = (
         select(Package.id)
         .where(*where)
         .order_by(Package.id.desc())
         .limit(bindparam("size", type_=Integer))
-        .offset(bindparam("skip", type_=Integer))
+        .offset(bindparam(skip, type_=Integer))
     ).subquery()
-    page = (
-        select(*PACKAGE_COLUMNS, count.scalar_subquery().label("total"))
+    return (
+        select(*PACKAGE_COLUMNS, *extra)
         .join(page_ids, page_ids.c.id == Package.id)
         .join(PackageType, PackageType.id == Package.type_id)
         .order_by(Package.id.desc())
     )
-    return page, count
 
 
 #: From this many packages before a page on, its start is found from `package_blocks`.
@@ -198,22 +201,8 @@ def _deep_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[
     above = select(func.coalesce(func.sum(PackageBlock.packages), 0)).where(
         *blocked, PackageBlock.block > bindparam("block")
     )
-    page_ids = (
-        select(Package.id)
-        .where(*where)
-        .order_by(Package.id.desc())
-        .limit(bindparam("size", type_=Integer))
-        .offset(bindparam("skip_in_block", type_=Integer))
-    ).subquery()
-    page = (
-        select(
-            *PACKAGE_COLUMNS,
-            count.scalar_subquery().label("total"),
-            above.scalar_subquery().label("above"),
-        )
-        .join(page_ids, page_ids.c.id == Package.id)
-        .join(PackageType, PackageType.id == Package.type_id)
-        .order_by(Package.id.desc())
+    page = _page(
+        where, "skip_in_block", count.scalar_subquery().label("total"), above.scalar_subquery().label("above")
     )
     return start, page
 
