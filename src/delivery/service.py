@@ -128,17 +128,22 @@ PACKAGE_COLUMNS = (
 )
 
 
+def _filters(table: type[Package | PackageCount | PackageBlock], by_type: bool, by_cost: bool) -> list[Any]:
+    """A list's conditions on `table` (the packages, or their kept counts): its session, and the filters
+    given (their values bound as `type_id`, `has_cost`)."""
+    where = [table.session_id == bindparam("session_id")]
+    if by_type:
+        where.append(table.type_id == bindparam("type_id"))
+    if by_cost:
+        where.append(table.has_cost == bindparam("has_cost"))
+    return where
+
+
 @functools.cache
 def _page_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[Any]]:
     """A page with its total, and the total alone, for one combination of filters; values are bound."""
-    where = [Package.session_id == bindparam("session_id")]
-    counted = [PackageCount.session_id == bindparam("session_id")]
-    if by_type:
-        where.append(Package.type_id == bindparam("type_id"))
-        counted.append(PackageCount.type_id == bindparam("type_id"))
-    if by_cost:
-        where.append(Package.has_cost == bindparam("has_cost"))
-        counted.append(PackageCount.has_cost == bindparam("has_cost"))
+    where = _filters(Package, by_type, by_cost)
+    counted = _filters(PackageCount, by_type, by_cost)
     # The total from the kept counts: at most six rows, however many packages the session has.
     count = select(func.coalesce(func.sum(PackageCount.packages), 0)).where(*counted)
     return _page(where, "skip", count.scalar_subquery().label("total")), count
@@ -172,14 +177,8 @@ DEEP_TRIES = 3
 @functools.cache
 def _deep_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[Any]]:
     """A deep page: the block where it starts, then the page from there with what the blocks above hold."""
-    where = [Package.session_id == bindparam("session_id"), Package.id < bindparam("upper")]
-    blocked = [PackageBlock.session_id == bindparam("session_id")]
-    if by_type:
-        where.append(Package.type_id == bindparam("type_id"))
-        blocked.append(PackageBlock.type_id == bindparam("type_id"))
-    if by_cost:
-        where.append(Package.has_cost == bindparam("has_cost"))
-        blocked.append(PackageBlock.has_cost == bindparam("has_cost"))
+    where = [*_filters(Package, by_type, by_cost), Package.id < bindparam("upper")]
+    blocked = _filters(PackageBlock, by_type, by_cost)
     in_block = func.sum(PackageBlock.packages)
     # Newest block first: each block's packages, and those of the blocks from the newest down to it.
     running = (
