@@ -97,10 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _read_type_ids(resources: Resources) -> None:
-    """For the schema's list of type ids; a database not up yet is read again at the first registration."""
+    """For the schema's list of type ids and the registrations' check; a database not up yet is read again
+    at the first registration."""
     try:
         async with resources.maker() as db:
-            resources.documented_type_ids = await service.type_ids(db)
+            resources.type_ids = resources.documented_type_ids = await service.type_ids(db)
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         logger.warning("parcel types not read at start error=%r", exc)
 

@@ -1,12 +1,15 @@
+import json
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.types import Message
 
 from delivery import registration, service
 from delivery.api import bodies
@@ -29,20 +32,21 @@ from delivery.schemas import (
 # The reads answer bytes encoded once (`bodies`); `response_model` keeps documenting their shapes.
 JSON = "application/json"
 
-#: A read's fast path: its answer to a plain request, or None for the route's FastAPI handler to answer.
+#: An endpoint's fast path: its answer to a plain request, or None for the route's FastAPI handler to answer.
 FastPath = Callable[[Request], Awaitable[Response | None]]
 _FAST_PATHS: dict[Callable[..., Any], FastPath] = {}
 
 
-class ReadRoute(DecimalRoute):
+class FastPathRoute(DecimalRoute):
     """A route whose endpoint may have a fast path (`fast_path`), tried before FastAPI's handler.
 
-    FastAPI's handler solves the dependencies (each a coroutine, the query's validation, an ORM session opened
-    and closed) and that costs more CPU than the read itself. The common request of a read - the session in
-    the cache, plain query values within their bounds - is answered by the fast path from the same service
-    functions and encoders; anything else (no session or an unknown one, a value to refuse or to coerce, a
-    parameter repeated) goes to FastAPI's handler, which answers as it always has. Both run inside the same
-    exception handling, so a database that went away is a 503 either way.
+    FastAPI's handler solves the dependencies (each a coroutine, the query's or the body's validation, an ORM
+    session opened and closed) and that costs more CPU than a read itself, and a third of accepting a
+    registration. The common request - the session in the cache, plain values within their bounds - is
+    answered by the fast path from the same service functions and encoders; anything else (no session or an
+    unknown one, a value to refuse or to coerce, a parameter repeated) goes to FastAPI's handler, which
+    answers as it always has: a body the fast path read is handed to it again. Both run inside the same
+    exception handling, so a database or a broker that went away is a 503 either way.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -53,9 +57,28 @@ class ReadRoute(DecimalRoute):
 
         async def fast_or_full(request: Request) -> Response:
             response = await fast(request)
-            return response if response is not None else await handler(request)
+            if response is not None:
+                return response
+            return await handler(_unread(request))
 
         return fast_or_full
+
+
+def _unread(request: Request) -> Request:
+    """`request` as FastAPI's handler must get it: with its body to read, if the fast path read it."""
+    body: bytes | None = getattr(request, "_body", None)
+    if body is None:
+        return request
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await request.receive()  # what follows the body: a disconnect
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, replay)
 
 
 def fast_path(endpoint: Callable[..., Any]) -> Callable[[FastPath], FastPath]:
@@ -66,7 +89,7 @@ def fast_path(endpoint: Callable[..., Any]) -> Callable[[FastPath], FastPath]:
     return register
 
 
-router = APIRouter(route_class=ReadRoute, tags=["packages"])
+router = APIRouter(route_class=FastPathRoute, tags=["packages"])
 
 
 def _cached_session(request: Request, resources: Resources) -> int | None:
@@ -186,6 +209,9 @@ async def _fast_list(request: Request) -> Response | None:
         return await _package_page(conn, session_id, type_id, has_cost, page, size)
 
 
+MAX_KEY_LENGTH = 255
+
+
 @router.post(
     "/packages/",
     status_code=202,
@@ -201,7 +227,9 @@ async def register_package(
     response: Response,
     idempotency_key: Annotated[
         str | None,
-        Header(min_length=1, max_length=255, description="repeat it to get the same registration back"),
+        Header(
+            min_length=1, max_length=MAX_KEY_LENGTH, description="repeat it to get the same registration back"
+        ),
     ] = None,
 ) -> RegistrationAccepted:
     """Accept a package for registration; follow it at the `Location` status URL."""
@@ -215,8 +243,49 @@ async def register_package(
         idempotency_key_value=idempotency_key,
         status_ttl=resources.settings.STATUS_TTL,
     )
-    response.headers["Location"] = f"/packages/status/{status_id}/"
+    response.headers["Location"] = status_url(status_id)
     return RegistrationAccepted(status_id=status_id)
+
+
+def status_url(status_id: uuid.UUID) -> str:
+    return f"/packages/status/{status_id}/"
+
+
+#: The body the fast path parses itself; FastAPI's handler answers any other content type (or none).
+_JSON_CONTENT = b"application/json"
+
+
+@fast_path(register_package)
+async def _fast_register(request: Request) -> Response | None:
+    resources: Resources = request.app.state.resources
+    if (session_id := _cached_session(request, resources)) is None:
+        return None
+    content_type = key = None
+    for name, value in request.scope["headers"]:
+        if name == b"content-type":
+            content_type = value if content_type is None else b""
+        elif name == b"idempotency-key":
+            key = value if key is None else b""
+    if content_type != _JSON_CONTENT or (key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH):
+        return None
+    body = await request.body()
+    try:
+        data = PackageCreate.model_validate(json.loads(body, parse_float=Decimal))
+    except Exception:  # anything to refuse (or nested too deep to parse): FastAPI's handler answers it
+        return None
+    if data.type_id not in resources.type_ids:
+        return None  # unknown to this process yet: the handler reads the types again
+    status_id = await registration.accept_registration(
+        resources.store,
+        resources.publish,
+        session_id=session_id,
+        data=data,
+        idempotency_key_value=None if key is None else key.decode("latin-1"),
+        status_ttl=resources.settings.STATUS_TTL,
+    )
+    response = Response(b'{"status_id":"%s"}' % str(status_id).encode(), status_code=202, media_type=JSON)
+    response.headers["location"] = status_url(status_id)
+    return response
 
 
 @router.get(

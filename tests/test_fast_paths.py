@@ -1,7 +1,8 @@
-"""The reads' fast path (`delivery.api.packages.ReadRoute`) answers exactly what FastAPI's handler answers,
-and leaves to that handler every request it does not take plainly (no cached session, values to refuse or
-coerce, parameters repeated)."""
+"""The fast paths (`delivery.api.packages.FastPathRoute`) answer exactly what FastAPI's handler answers, and
+leave to that handler every request they do not take plainly (no cached session, values to refuse or coerce,
+parameters repeated, a body to refuse), the body they read included."""
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -197,3 +198,102 @@ async def test_fast_types_answers_as_fastapi(client: httpx.AsyncClient, taken: l
         {"id": 3, "name": "misc"},
     ]
     same_answer(full, fast)
+
+
+PARCEL = {"name": "Winter jacket", "weight_kg": "1.25", "type_id": 1, "content_value_usd": "120"}
+
+
+async def test_fast_register_answers_as_fastapi(customer: httpx.AsyncClient, taken: list[str]) -> None:
+    # The same Idempotency-Key: the same registration, answered by each path.
+    headers = {"Idempotency-Key": "fast-path-1"}
+    forget_sessions(customer)
+    full = await customer.post("/packages/", json=PARCEL, headers=headers)
+    assert taken == []
+    fast = await customer.post("/packages/", json=PARCEL, headers=headers)
+    assert taken == ["_fast_register"]
+
+    assert full.status_code == 202, full.text
+    same_answer(full, fast)
+    assert fast.headers["location"] == f"/packages/status/{fast.json()['status_id']}/"
+
+
+async def test_fast_register_stores_and_publishes(customer: httpx.AsyncClient, taken: list[str]) -> None:
+    await customer.get("/packages/")  # the session cached
+    taken.clear()
+    accepted = await customer.post("/packages/", json=PARCEL)
+    assert taken == ["_fast_register"]
+    assert accepted.status_code == 202, accepted.text
+
+    status = await customer.get(accepted.headers["location"])
+    assert status.status_code == 200, status.text
+    assert status.json()["status_id"] == accepted.json()["status_id"]
+    assert status.json()["state"] in ("pending", "registered")
+
+
+async def test_a_type_this_process_has_not_read_goes_to_fastapi(
+    customer: httpx.AsyncClient, taken: list[str]
+) -> None:
+    # The fast path has read the body when it hands over: the handler reads it again.
+    await customer.get("/packages/")  # the session cached
+    taken.clear()
+    customer.app.state.resources.type_ids = frozenset()  # type: ignore[attr-defined]
+    response = await customer.post("/packages/", json=PARCEL)
+
+    assert taken == []
+    assert response.status_code == 202, response.text
+    assert customer.app.state.resources.type_ids == {1, 2, 3}  # type: ignore[attr-defined]
+
+
+DEEP = b"[" * 50_000 + b"]" * 50_000
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        ({**PARCEL, "weight_kg": ""}, {}, 422),
+        ({**PARCEL, "type_id": 99}, {}, 422),
+        ({**PARCEL, "extra": 1}, {}, 422),
+        ({**PARCEL, "content_value_usd": 1.005}, {}, 422),
+        ([PARCEL], {}, 422),
+        (b'{"name": "x", "weight_kg": ', {"content-type": "application/json"}, 422),
+        (DEEP[:60_000], {"content-type": "application/json"}, 400),
+        (b"\xff\xfe", {"content-type": "application/json"}, 422),
+        (PARCEL, {"Idempotency-Key": ""}, 422),
+        (PARCEL, {"Idempotency-Key": "k" * 256}, 422),
+        (PARCEL, {"content-type": "application/json; charset=utf-8"}, 202),
+        (PARCEL, {"content-type": "text/plain"}, 422),
+    ],
+)
+async def test_other_registrations_go_to_fastapi(
+    customer: httpx.AsyncClient, body: Any, headers: dict[str, str], status: int, taken: list[str]
+) -> None:
+    def post() -> Any:
+        if isinstance(body, bytes):
+            return customer.post("/packages/", content=body, headers=headers)
+        if "content-type" in headers:
+            return customer.post("/packages/", content=json.dumps(body), headers=headers)
+        return customer.post("/packages/", json=body, headers=headers)
+
+    await customer.get("/packages/")  # the session cached
+    taken.clear()
+    response = await post()
+    forget_sessions(customer)
+    full = await post()
+
+    assert taken == []
+    assert response.status_code == status, response.text
+    if status != 202:
+        same_answer(full, response)
+
+
+async def test_repeated_idempotency_keys_go_to_fastapi(customer: httpx.AsyncClient, taken: list[str]) -> None:
+    headers = [("Idempotency-Key", "one"), ("Idempotency-Key", "two"), ("content-type", "application/json")]
+    await customer.get("/packages/")  # the session cached
+    taken.clear()
+    response = await customer.post("/packages/", content=json.dumps(PARCEL), headers=headers)
+    forget_sessions(customer)
+    full = await customer.post("/packages/", content=json.dumps(PARCEL), headers=headers)
+
+    assert taken == []
+    assert response.status_code == 202, response.text
+    same_answer(full, response)  # the first key counts: the same registration
