@@ -1,4 +1,4 @@
-"""The fast paths (`delivery.api.packages.FastPathRoute`) answer exactly what FastAPI's handler answers, and
+"""The fast paths (`delivery.api.fastpath`) answer exactly what FastAPI's handler answers, and
 leave to that handler every request they do not take plainly (no cached session, values to refuse or coerce,
 parameters repeated, a body to refuse), the body they read included."""
 
@@ -8,9 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from delivery.api import packages
+from delivery.api import fastpath, packages
+from delivery.errors import ServiceUnavailable
 from tests.factories import add_package, open_session
 
 Maker = async_sessionmaker[AsyncSession]
@@ -38,7 +40,7 @@ def same_answer(full: httpx.Response, fast: httpx.Response) -> None:
 def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the fast paths that answered (not those that handed over to FastAPI's handler)."""
     answered: list[str] = []
-    for endpoint, fast in list(packages._FAST_PATHS.items()):
+    for endpoint, fast in list(fastpath.FAST_PATHS.items()):
 
         async def recording(request: Any, fast: Any = fast) -> Any:
             response = await fast(request)
@@ -46,7 +48,7 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
                 answered.append(fast.__name__)
             return response
 
-        monkeypatch.setitem(packages._FAST_PATHS, endpoint, recording)
+        monkeypatch.setitem(fastpath.FAST_PATHS, endpoint, recording)
     return answered
 
 
@@ -218,7 +220,8 @@ async def test_fast_register_answers_as_fastapi(customer: httpx.AsyncClient, tak
 
 
 async def test_fast_register_stores_and_publishes(customer: httpx.AsyncClient, taken: list[str]) -> None:
-    await customer.get("/packages/")  # the session cached
+    # A process's first registration goes to FastAPI's handler: it reads the types and caches the session.
+    assert (await customer.post("/packages/", json=PARCEL)).status_code == 202
     taken.clear()
     accepted = await customer.post("/packages/", json=PARCEL)
     assert taken == ["_fast_register"]
@@ -234,9 +237,9 @@ async def test_a_type_this_process_has_not_read_goes_to_fastapi(
     customer: httpx.AsyncClient, taken: list[str]
 ) -> None:
     # The fast path has read the body when it hands over: the handler reads it again.
-    await customer.get("/packages/")  # the session cached
-    taken.clear()
+    assert (await customer.post("/packages/", json=PARCEL)).status_code == 202
     customer.app.state.resources.type_ids = frozenset()  # type: ignore[attr-defined]
+    taken.clear()
     response = await customer.post("/packages/", json=PARCEL)
 
     assert taken == []
@@ -297,3 +300,53 @@ async def test_repeated_idempotency_keys_go_to_fastapi(customer: httpx.AsyncClie
     assert taken == []
     assert response.status_code == 202, response.text
     same_answer(full, response)  # the first key counts: the same registration
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "detail"),
+    [
+        (ServiceUnavailable("store"), 503, "store is unavailable, try again later"),
+        (sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("gone")), 503, "database is unavailable"),
+        (RuntimeError("a bug"), 500, "internal error"),
+    ],
+)
+async def test_a_fast_path_error_is_answered_as_the_handlers_answer_it(
+    customer: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int, detail: str
+) -> None:
+    async def failing(request: Any) -> Any:
+        raise error
+
+    await customer.get("/packages/")  # the session cached
+    monkeypatch.setitem(fastpath.FAST_PATHS, packages.list_packages, failing)
+    response = await customer.get("/packages/", headers={"X-Request-ID": "req-1"})
+
+    assert response.status_code == status
+    assert response.json()["detail"].startswith(detail)
+    assert response.headers["x-request-id"] == "req-1"
+    assert ("retry-after" in response.headers) == (status == 503)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("HEAD", "/types/", 405), ("PUT", "/packages/", 405), ("GET", "/packages/status/abc/", 422)],
+)
+async def test_other_methods_and_paths_go_to_fastapi(
+    customer: httpx.AsyncClient, method: str, path: str, status: int, taken: list[str]
+) -> None:
+    await customer.get("/packages/")  # the session cached
+    taken.clear()
+    response = await customer.request(method, path)
+
+    assert taken == []
+    assert response.status_code == status
+
+
+async def test_a_body_over_the_limit_goes_to_fastapi(customer: httpx.AsyncClient, taken: list[str]) -> None:
+    await customer.get("/packages/")  # the session cached
+    taken.clear()
+    response = await customer.post("/packages/", json={**PARCEL, "name": "x" * 70_000})
+
+    assert taken == []
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body over 64 KiB"}
+    assert "x-request-id" in response.headers

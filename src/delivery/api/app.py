@@ -8,11 +8,13 @@ from typing import Any
 
 import sqlalchemy.exc
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from delivery import metrics, service
 from delivery.api import admin, health, packages, sessions, web
 from delivery.api.deps import Resources
 from delivery.api.errors import register_exception_handlers
+from delivery.api.fastpath import FastLane
 from delivery.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from delivery.broker import amqp_publisher, create_celery
 from delivery.config import Settings, get_settings
@@ -41,6 +43,23 @@ def settle_heap() -> None:
         _heap_settled = True
         gc.collect()
         gc.freeze()
+
+
+class DeliveryAPI(FastAPI):
+    """FastAPI, with a front for HTTP requests set by `create_app`: the request id and the access log around
+    every request, and the fast paths (`FastLane`) before FastAPI's middleware stack."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own way to an answer: its middleware, routing and handlers."""
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
             metrics.end_api_process()
 
-    app = FastAPI(
+    app = DeliveryAPI(
         title="Delivery service",
         summary="Registers parcels asynchronously; prices them at the Central Bank of Russia's USD/RUB rate.",
         version="0.1.0",
@@ -86,22 +105,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     register_exception_handlers(app)
-    # The last added runs first: the body limit's answers carry the request id and reach the access log.
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_SIZE)
-    app.add_middleware(RequestIdMiddleware)
     for module in (sessions, packages, admin, health, web):
         app.include_router(module.router)
+    # Outside every other layer: each answer carries the request id and reaches the access log.
+    app.front = RequestIdMiddleware(
+        FastLane(app, packages.router.routes, full=app.stack, body_limit=MAX_BODY_SIZE)
+    )
     app.mount("/static", web.static, name="static")
     _document_type_ids(app)
     return app
 
 
 async def _read_type_ids(resources: Resources) -> None:
-    """For the schema's list of type ids and the registrations' check; a database not up yet is read again
-    at the first registration."""
+    """For the schema's list of type ids; a database not up yet is read again at the first registration."""
     try:
         async with resources.maker() as db:
-            resources.type_ids = resources.documented_type_ids = await service.type_ids(db)
+            resources.documented_type_ids = await service.type_ids(db)
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         logger.warning("parcel types not read at start error=%r", exc)
 

@@ -39,7 +39,7 @@ class Resources:
     celery: Celery
     #: On RabbitMQ, the API's own publisher; None on the embedded broker, published through Celery's producer.
     publisher: AmqpPublisher | None = None
-    #: Read at start (and again on an id not among them): what a registration is checked on.
+    #: Read at the first registration (and again on an id not among them): what a registration is checked on.
     type_ids: frozenset[int] = field(default_factory=frozenset)
     #: Read at start, for the OpenAPI document's list of type ids.
     documented_type_ids: frozenset[int] = field(default_factory=frozenset)

@@ -110,6 +110,13 @@ def answer_for(exc: Exception) -> Answer:
     return next(ANSWERS[cls] for cls in type(exc).__mro__ if cls in ANSWERS)
 
 
+async def error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to an exception raised on the way to `request`'s answer, as the app's handlers give it."""
+    if any(cls in ANSWERS for cls in type(exc).__mro__):
+        return await _answer(request, exc)
+    return await _internal(request, exc)
+
+
 async def _answer(request: Request, exc: Exception) -> JSONResponse:
     answer = answer_for(exc)
     if answer.status >= 500:

@@ -5,7 +5,7 @@ import re
 import time
 import uuid
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,7 +15,6 @@ from delivery.logs import request_id
 
 logger = logging.getLogger("delivery.access")
 
-HEADER = "X-Request-ID"
 #: A client's id is kept when it is short and plain; anything else is replaced, never logged as sent.
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -33,12 +32,14 @@ class RequestIdMiddleware:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500
+        id_header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[HEADER] = rid
+                # No answer of the app sets this header itself: appended, not looked for.
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         try:

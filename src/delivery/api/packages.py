@@ -2,18 +2,17 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
-from starlette.types import Message
 
 from delivery import registration, service
 from delivery.api import bodies
 from delivery.api.deps import DbSession, PackageId, Resources, ResourcesDep, SessionId
+from delivery.api.fastpath import fast_path
 from delivery.api.responses import PACKAGE_NOT_FOUND, STATUS_NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
 from delivery.db import utcnow
@@ -29,67 +28,11 @@ from delivery.schemas import (
     RegistrationStatus,
 )
 
-# The reads answer bytes encoded once (`bodies`); `response_model` keeps documenting their shapes.
+# The reads answer bytes encoded once (`bodies`); `response_model` keeps documenting their shapes. The hot
+# endpoints have a fast path (`delivery.api.fastpath`): the same service functions, before FastAPI's stack.
 JSON = "application/json"
 
-#: An endpoint's fast path: its answer to a plain request, or None for the route's FastAPI handler to answer.
-FastPath = Callable[[Request], Awaitable[Response | None]]
-_FAST_PATHS: dict[Callable[..., Any], FastPath] = {}
-
-
-class FastPathRoute(DecimalRoute):
-    """A route whose endpoint may have a fast path (`fast_path`), tried before FastAPI's handler.
-
-    FastAPI's handler solves the dependencies (each a coroutine, the query's or the body's validation, an ORM
-    session opened and closed) and that costs more CPU than a read itself, and a third of accepting a
-    registration. The common request - the session in the cache, plain values within their bounds - is
-    answered by the fast path from the same service functions and encoders; anything else (no session or an
-    unknown one, a value to refuse or to coerce, a parameter repeated) goes to FastAPI's handler, which
-    answers as it always has: a body the fast path read is handed to it again. Both run inside the same
-    exception handling, so a database or a broker that went away is a 503 either way.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        fast = _FAST_PATHS.get(self.endpoint)
-        if fast is None:
-            return handler
-
-        async def fast_or_full(request: Request) -> Response:
-            response = await fast(request)
-            if response is not None:
-                return response
-            return await handler(_unread(request))
-
-        return fast_or_full
-
-
-def _unread(request: Request) -> Request:
-    """`request` as FastAPI's handler must get it: with its body to read, if the fast path read it."""
-    body: bytes | None = getattr(request, "_body", None)
-    if body is None:
-        return request
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await request.receive()  # what follows the body: a disconnect
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(request.scope, replay)
-
-
-def fast_path(endpoint: Callable[..., Any]) -> Callable[[FastPath], FastPath]:
-    def register(fast: FastPath) -> FastPath:
-        _FAST_PATHS[endpoint] = fast
-        return fast
-
-    return register
-
-
-router = APIRouter(route_class=FastPathRoute, tags=["packages"])
+router = APIRouter(route_class=DecimalRoute, tags=["packages"])
 
 
 def _cached_session(request: Request, resources: Resources) -> int | None:
