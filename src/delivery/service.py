@@ -2,12 +2,15 @@
 
 Accepting a registration and reading its status live in `delivery.registration`."""
 
+import bisect
 import functools
 import hashlib
+import itertools
 import logging
 import math
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -172,29 +175,66 @@ DEEP_SKIP = 1_000
 #: A deep page whose blocks changed between its two statements is read again, at most this many times; then
 #: by OFFSET alone.
 DEEP_TRIES = 3
+#: Block maps kept by `BlockMaps` (one per session and combination of filters read deep lately).
+BLOCK_MAPS_SIZE = 1_024
+
+#: A list's key in `BlockMaps`: session id, type id, has cost (None: not filtered).
+ListKey = tuple[int, int | None, bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockMap:
+    """A list's blocks, newest first, with the packages of each and of all the blocks from the newest down
+    to it (`through`, increasing)."""
+
+    blocks: tuple[int, ...]
+    packages: tuple[int, ...]
+    through: tuple[int, ...]
+
+    @classmethod
+    def of(cls, rows: Sequence[AnyRow]) -> "BlockMap":
+        counts = [int(row.packages) for row in rows]
+        return cls(tuple(int(row.block) for row in rows), tuple(counts), tuple(itertools.accumulate(counts)))
+
+    def start(self, skip: int) -> tuple[int, int] | None:
+        """The block where a page past `skip` packages starts and how many packages the blocks above it
+        hold; None: past the end."""
+        at = bisect.bisect_right(self.through, skip)
+        if at == len(self.through):
+            return None
+        return self.blocks[at], self.through[at] - self.packages[at]
+
+
+class BlockMaps:
+    """The block maps of lists read deep lately, per process, at most `size` (the least recently used goes
+    first). A map is a hint, never an answer: the page's statement counts again, in its own snapshot, what
+    the blocks above its start hold, and a map that no longer agrees is read again. Paging on through a
+    list then costs one statement a page instead of two."""
+
+    def __init__(self, size: int = BLOCK_MAPS_SIZE) -> None:
+        self._maps: cachetools.LRUCache[ListKey, BlockMap] = cachetools.LRUCache(size)
+
+    def get(self, key: ListKey) -> BlockMap | None:
+        return self._maps.get(key)
+
+    def put(self, key: ListKey, blocks: BlockMap) -> None:
+        self._maps[key] = blocks
+
+    def forget(self, key: ListKey) -> None:
+        self._maps.pop(key, None)
 
 
 @functools.cache
-def _deep_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[Any]]:
-    """A deep page: the block where it starts, then the page from there with what the blocks above hold."""
+def _deep_statements(by_type: bool, by_cost: bool) -> tuple[Select[int, int], Select[Any]]:
+    """A deep page: the list's blocks, then the page from its start block with what the blocks above hold."""
     where = [*_filters(Package, by_type, by_cost), Package.id < bindparam("upper")]
     blocked = _filters(PackageBlock, by_type, by_cost)
-    in_block = func.sum(PackageBlock.packages)
-    # Newest block first: each block's packages, and those of the blocks from the newest down to it.
-    running = (
-        select(
-            PackageBlock.block,
-            in_block.label("packages"),
-            func.sum(in_block).over(order_by=PackageBlock.block.desc()).label("through"),
-        )
+    # Newest block first, each block's packages (of every type and cost, unless filtered).
+    blocks = (
+        select(PackageBlock.block, func.sum(PackageBlock.packages).label("packages"))
         .where(*blocked)
         .group_by(PackageBlock.block)
-    ).subquery()
-    start = (
-        select(running.c.block, running.c.packages, running.c.through)
-        .where(running.c.through > bindparam("skip"))
-        .order_by(running.c.block.desc())
-        .limit(1)
+        .order_by(PackageBlock.block.desc())
     )
     _, count = _page_statements(by_type, by_cost)
     above = select(func.coalesce(func.sum(PackageBlock.packages), 0)).where(
@@ -203,7 +243,7 @@ def _deep_statements(by_type: bool, by_cost: bool) -> tuple[Select[Any], Select[
     page = _page(
         where, "skip_in_block", count.scalar_subquery().label("total"), above.scalar_subquery().label("above")
     )
-    return start, page
+    return blocks, page
 
 
 async def list_packages(
@@ -214,9 +254,11 @@ async def list_packages(
     has_cost: bool | None = None,
     page: int = 1,
     size: int = 20,
+    block_maps: BlockMaps | None = None,
 ) -> tuple[Sequence[AnyRow], int]:
     """One page of rows (`PACKAGE_COLUMNS`), newest first, and the total, in one statement (types joined);
-    a page past the end costs one more for the total, a deep page one more for where it starts."""
+    a page past the end costs one more for the total, a deep page one more for where it starts (unless
+    `block_maps` holds the list's map)."""
     by_type, by_cost = type_id is not None, has_cost is not None
     stmt, count = _page_statements(by_type, by_cost)
     # A page number past any real list asks for an offset the database cannot hold: clamp it.
@@ -225,7 +267,8 @@ async def list_packages(
     # On a connection, not through an ORM session: the rows are plain columns, and the ORM's execution
     # layers (compile state, identity map) cost more CPU than the statement's round trip.
     if skip >= DEEP_SKIP:
-        deep = await _deep_page(conn, by_type, by_cost, skip, params)
+        key = (session_id, type_id, has_cost)
+        deep = await _deep_page(conn, by_type, by_cost, skip, params, key, block_maps or BlockMaps(1))
         if deep is not None:
             return deep
     rows = (await conn.execute(stmt, params)).all()
@@ -235,27 +278,39 @@ async def list_packages(
 
 
 async def _deep_page(
-    conn: AsyncConnection, by_type: bool, by_cost: bool, skip: int, params: dict[str, Any]
+    conn: AsyncConnection,
+    by_type: bool,
+    by_cost: bool,
+    skip: int,
+    params: dict[str, Any],
+    key: ListKey,
+    block_maps: BlockMaps,
 ) -> tuple[Sequence[AnyRow], int] | None:
     """A page far from the start, walking only the block where it starts (and on, for a page that spans
-    blocks): the block comes from the running sum of `package_blocks`. The page's statement counts again,
-    in its own snapshot, the packages of the blocks above; equal to the count the offset was taken from, the
-    page is exact in that snapshot, otherwise (a package written in between) it is read again. None: read it
-    by OFFSET alone (past the end, or the blocks kept changing)."""
-    start, page = _deep_statements(by_type, by_cost)
+    blocks): the block comes from the list's block map, kept or read. The page's statement counts again, in
+    its own snapshot, the packages of the blocks above; equal to the count the map gave, the page is exact
+    in that snapshot, otherwise (a package written since) the map is read again. None: read it by OFFSET
+    alone (past the end, or the blocks kept changing)."""
+    blocks_statement, page = _deep_statements(by_type, by_cost)
+    blocks = block_maps.get(key)
     for _ in range(DEEP_TRIES):
-        found = (await conn.execute(start, params)).one_or_none()
+        kept = blocks is not None
+        if blocks is None:
+            blocks = BlockMap.of((await conn.execute(blocks_statement, params)).all())
+            block_maps.put(key, blocks)
+        found = blocks.start(skip)
         if found is None:
+            if kept:
+                blocks = None  # past the end of a kept map: the list may have grown since
+                continue
             return None
-        above = int(found.through) - int(found.packages)
-        deep = params | {
-            "block": found.block,
-            "upper": (int(found.block) + 1) << BLOCK_BITS,
-            "skip_in_block": skip - above,
-        }
+        block, above = found
+        deep = params | {"block": block, "upper": (block + 1) << BLOCK_BITS, "skip_in_block": skip - above}
         rows = (await conn.execute(page, deep)).all()
         if rows and int(rows[0].above) == above:
             return rows, int(rows[0].total)
+        blocks = None
+    block_maps.forget(key)
     return None
 
 

@@ -45,6 +45,8 @@ class Resources:
     documented_type_ids: frozenset[int] = field(default_factory=frozenset)
     type_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sessions: service.SessionCache = field(default_factory=service.SessionCache)
+    #: Where the blocks of lists read deep lately start (hints, checked by each page's statement).
+    block_maps: service.BlockMaps = field(default_factory=service.BlockMaps)
 
     async def type_exists(self, db: AsyncSession, type_id: int) -> bool:
         """Types come from migrations: the ids are kept, and re-read on a miss in case one was added."""

@@ -116,20 +116,34 @@ MAX_PAGE = 10**15
 async def list_packages(
     db: DbSession,
     session_id: SessionId,
+    resources: ResourcesDep,
     type: Annotated[int | None, Query(ge=1, le=MAX_INT, description="only this type id")] = None,
     has_cost: Annotated[bool | None, Query(description="only with (true) or without (false) a cost")] = None,
     page: Annotated[int, Query(ge=1)] = 1,
     size: Annotated[int, Query(ge=1, le=MAX_SIZE)] = 20,
 ) -> Response:
     """This session's packages, newest first, filtered and paginated."""
-    return await _package_page(await db.connection(), session_id, type, has_cost, page, size)
+    conn = await db.connection()
+    return await _package_page(conn, resources, session_id, type, has_cost, page, size)
 
 
 async def _package_page(
-    conn: AsyncConnection, session_id: int, type_id: int | None, has_cost: bool | None, page: int, size: int
+    conn: AsyncConnection,
+    resources: Resources,
+    session_id: int,
+    type_id: int | None,
+    has_cost: bool | None,
+    page: int,
+    size: int,
 ) -> Response:
     rows, total = await service.list_packages(
-        conn, session_id, type_id=type_id, has_cost=has_cost, page=page, size=size
+        conn,
+        session_id,
+        type_id=type_id,
+        has_cost=has_cost,
+        page=page,
+        size=size,
+        block_maps=resources.block_maps,
     )
     return Response(bodies.package_page(rows, total=total, page=page, size=size), media_type=JSON)
 
@@ -149,7 +163,7 @@ async def _fast_list(request: Request) -> Response | None:
         return None
     assert page is not None and size is not None
     async with resources.engine.connect() as conn:
-        return await _package_page(conn, session_id, type_id, has_cost, page, size)
+        return await _package_page(conn, resources, session_id, type_id, has_cost, page, size)
 
 
 MAX_KEY_LENGTH = 255
