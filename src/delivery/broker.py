@@ -8,7 +8,9 @@ import asyncio
 import json
 import logging
 import math
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -50,6 +52,8 @@ PREFETCH_MULTIPLIER = 2 * BATCH_SIZE
 PERSISTENT = 2
 #: The longest a publish may take, connecting included, before the API answers 503.
 PUBLISH_TIMEOUT = 5.0
+#: The most registration jobs the API's publisher sends in one message (those of concurrent requests).
+PUBLISH_GROUP = 64
 #: The first of the delay levels of Celery's native delayed delivery, which the worker declares at start: a
 #: job published here with a countdown in its routing key reaches its queue when the countdown is over.
 DELAYED_DELIVERY_EXCHANGE = "celery_delayed_27"
@@ -258,12 +262,15 @@ def queued_registrations(app: Celery) -> int:
         return int(declared.message_count)
 
 
-def task_message(job: RegistrationJob) -> tuple[dict[str, Any], bytes]:
-    """A registration job as Celery's task message (protocol 2): its headers and JSON body."""
+def task_message(jobs: Sequence[RegistrationJob]) -> tuple[dict[str, Any], bytes]:
+    """Registration jobs as one Celery task message (protocol 2), each job one of its arguments: its headers
+    and JSON body. One job's message has the job's registration id as its task id, as Celery's producer
+    gives it; a group's has an id of its own."""
+    task_id = jobs[0].registration_id if len(jobs) == 1 else str(uuid.uuid4())
     headers: dict[str, Any] = {
         "lang": "py",
         "task": REGISTER_TASK,
-        "id": job.registration_id,
+        "id": task_id,
         "shadow": None,
         "eta": None,
         "expires": None,
@@ -271,25 +278,43 @@ def task_message(job: RegistrationJob) -> tuple[dict[str, Any], bytes]:
         "group_index": None,
         "retries": 0,
         "timelimit": [None, None],
-        "root_id": job.registration_id,
+        "root_id": task_id,
         "parent_id": None,
         "argsrepr": "",
         "kwargsrepr": "{}",
         "origin": "delivery-api",
         "ignore_result": True,
     }
-    body = [[job.to_json()], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    body = [
+        [job.to_json() for job in jobs],
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
     return headers, json.dumps(body).encode()
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A job waiting for its message: what its caller awaits, and when the caller gives up (loop time)."""
+
+    job: RegistrationJob
+    confirmed: asyncio.Future[None]
+    deadline: float
 
 
 class AmqpPublisher:
     """The API's publisher on RabbitMQ: one connection and one confirming channel, kept open.
 
-    Publishes share the channel, each awaiting its own confirm, so concurrent requests cost one round trip
-    each, not one apiece in turn. Every publish has a deadline (`timeout`, connecting included): a broker
-    that blocks publishers (a memory or disk alarm) or does not answer makes a 503, not a hung request.
-    After any failure the connection is dropped and the next publish connects again, trying each URL in
-    turn, starting after the one that failed: the nodes of a cluster, the one lost tried last.
+    Jobs are published in groups: while a message awaits its confirm, the jobs of the requests that arrive
+    meanwhile wait together and go out as the next message, one job per argument (at most `PUBLISH_GROUP`).
+    Alone, a job goes at once in a message of its own; under load the broker, the socket and the worker
+    handle one message, one confirm and one acknowledgement for many registrations. Each caller returns when
+    its job's message is confirmed, or raises.
+
+    Every publish has a deadline (`timeout`): a broker that blocks publishers (a memory or disk alarm) or
+    does not answer makes a 503, not a hung request; a job whose caller gave up is left out of the messages
+    still to send. After any failure the connection is dropped and the next message connects again, trying
+    each URL in turn, starting after the one that failed: the nodes of a cluster, the one lost tried last.
     """
 
     def __init__(
@@ -312,9 +337,45 @@ class AmqpPublisher:
         #: The confirming channel of the connection (aiormq's, under aio-pika's wrapper), kept open.
         self._channel: aiormq.Channel | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Jobs waiting for the next message, each with what its caller awaits and its caller's deadline.
+        self._waiting: list[Waiting] = []
+        #: The task sending the messages, while there are jobs to send.
+        self._sender: asyncio.Task[None] | None = None
 
     async def publish(self, job: RegistrationJob) -> None:
-        headers, body = task_message(job)
+        """Return when `job` is confirmed by the broker, within the deadline; raise otherwise."""
+        loop = asyncio.get_running_loop()
+        waiting = Waiting(job, loop.create_future(), loop.time() + self._timeout)
+        self._waiting.append(waiting)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
+        try:
+            # A message's deadline is its oldest job's: it fails no later than any of its callers give up.
+            async with asyncio.timeout_at(waiting.deadline):
+                # Shielded: a caller cancelled by its client leaves its job to go out (its status is kept
+                # pending); the others of its message are not affected.
+                await asyncio.shield(waiting.confirmed)
+        except TimeoutError:
+            waiting.confirmed.cancel()  # not sent yet: it never will be
+            raise
+
+    async def _send(self) -> None:
+        try:
+            while self._waiting:
+                now = asyncio.get_running_loop().time()
+                taken, self._waiting = self._waiting[:PUBLISH_GROUP], self._waiting[PUBLISH_GROUP:]
+                group = [w for w in taken if not w.confirmed.done() and w.deadline > now]
+                # A job whose caller has given up, or is giving up now, is not sent.
+                _fail([w for w in taken if w.deadline <= now], TimeoutError("not sent within the deadline"))
+                if group:
+                    await self._send_group(group)
+        finally:
+            self._sender = None
+            _fail(self._waiting, ConnectionError("the publisher is closed"))
+            self._waiting.clear()
+
+    async def _send_group(self, group: list[Waiting]) -> None:
+        headers, body = task_message([w.job for w in group])
         # The properties aio-pika's Message would make, built directly; the frames go through the connection's
         # channel itself (aio-pika's Exchange.publish forwards to it), which waits for the broker's confirm
         # and raises on a nack and, the message being mandatory, on a return. `wait=False`: the publish does
@@ -326,10 +387,10 @@ class AmqpPublisher:
             headers=headers,
             delivery_mode=PERSISTENT,
             priority=0,
-            correlation_id=job.registration_id,
+            correlation_id=headers["id"],
         )
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(min(w.deadline for w in group)):
                 channel = self._channel or await self._connect()
                 await channel.basic_publish(
                     body,
@@ -339,10 +400,16 @@ class AmqpPublisher:
                     mandatory=True,
                     wait=False,
                 )
-        except Exception:
-            # A request cancelled by its client leaves the channel as it is; any other failure drops it.
+        except Exception as exc:
             await self._drop()
+            _fail(group, exc)
+        except asyncio.CancelledError:
+            _fail(group, ConnectionError("the publisher is closed"))
             raise
+        else:
+            for w in group:
+                if not w.confirmed.done():
+                    w.confirmed.set_result(None)
 
     async def _connect(self) -> aiormq.Channel:
         async with self._lock:
@@ -391,9 +458,18 @@ class AmqpPublisher:
             task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
         await self._drop()
         if self._closing:
             await asyncio.wait(self._closing, timeout=2.0)
+
+
+def _fail(waiting: Sequence[Waiting], exc: BaseException) -> None:
+    for w in waiting:
+        if not w.confirmed.done():
+            w.confirmed.set_exception(exc)
+            w.confirmed.exception()  # its caller may be gone (timed out): not an error nobody retrieved
 
 
 async def _close(connection: aio_pika.abc.AbstractConnection) -> None:

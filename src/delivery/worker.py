@@ -197,8 +197,10 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
     ignore_result=True,
 )
 def register_packages(requests: list[SimpleRequest]) -> bool:
-    """Register a batch of accepted packages; jobs to try later are published again before it returns."""
-    batch = [RegistrationJob.from_json(request.args[0]) for request in requests]
+    """Register a batch of accepted packages; jobs to try later are published again before it returns.
+
+    A message holds one job per argument: one, or the group the API's publisher sent together."""
+    batch = [RegistrationJob.from_json(job) for request in requests for job in request.args]
     retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
     with logs.about_registrations(*(job.registration_id for job in batch)):
         return _register_batch(batch, retries)

@@ -1,0 +1,144 @@
+"""The API's publisher on RabbitMQ: the jobs of concurrent requests share messages, each job is in exactly
+one of them, and every one of them ends in one package; a caller that gives up is answered within the
+deadline and its job is not sent after it."""
+
+import asyncio
+import json
+import time
+
+import aio_pika
+import httpx
+import pytest
+
+from delivery.broker import (
+    PUBLISH_GROUP,
+    REGISTRATION_QUEUE,
+    AmqpPublisher,
+    amqp_publisher,
+    create_celery,
+    queued_registrations,
+)
+from delivery.registration import RegistrationJob
+from tests.factories import Maker
+from tests.helpers import packages_by_registration, wait_done
+from tests.stack import Stack
+
+pytestmark = pytest.mark.parametrize("stack", ["real"], indirect=True)  # the embedded broker has no publisher
+
+BODY = {"name": "Grouped parcel", "weight_kg": "1.500", "type_id": 1, "content_value_usd": "40.00"}
+
+
+def job(n: int) -> RegistrationJob:
+    return RegistrationJob(
+        registration_id=f"00000000-0000-4000-8000-{n:012d}",
+        session_id=1,
+        name=f"p{n}",
+        weight_kg="1.500",
+        type_id=1,
+        content_value_usd="40.00",
+        accepted_at=0.0,
+    )
+
+
+async def queued_messages(stack: Stack) -> list[list[str]]:
+    """The registration ids of each message waiting in the queue (taken off it)."""
+    assert stack.settings.CELERY_BROKER_URL is not None
+    connection = await aio_pika.connect(str(stack.settings.CELERY_BROKER_URL))
+    messages = []
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(REGISTRATION_QUEUE, ensure=False)
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            args, _, _ = json.loads(message.body)
+            messages.append([RegistrationJob.from_json(arg).registration_id for arg in args])
+    finally:
+        await connection.close()
+    return messages
+
+
+async def test_concurrent_registrations_share_messages_and_each_is_registered_once(
+    stack: Stack, customer: httpx.AsyncClient, maker: Maker
+) -> None:
+    """40 registrations at once: fewer messages than jobs in the queue, every job in one of them; then a
+    worker registers each exactly once."""
+    stack.stop_shared_worker()
+    answers = await asyncio.gather(*(customer.post("/packages/", json=BODY) for _ in range(40)))
+    assert [a.status_code for a in answers] == [202] * 40, [a.text for a in answers]
+    ids = sorted(a.json()["status_id"] for a in answers)
+
+    celery = create_celery(stack.settings)
+    try:
+        messages = await asyncio.to_thread(queued_registrations, celery)
+    finally:
+        celery.close()
+    assert 1 <= messages < 40
+
+    stack.shared_worker()
+    for location in (a.headers["Location"] for a in answers):
+        status = await wait_done(customer, location)
+        assert status["state"] == "registered", status
+    rows = await packages_by_registration(maker)
+    assert sorted(str(r) for r in rows) == ids
+    assert all(len(group) == 1 for group in rows.values())
+
+
+async def test_each_job_is_in_exactly_one_message(stack: Stack) -> None:
+    """More concurrent jobs than a message holds: the queue's messages hold each job once, none larger than
+    `PUBLISH_GROUP`."""
+    stack.stop_shared_worker()
+    publisher = amqp_publisher(stack.settings)
+    assert publisher is not None
+    jobs = [job(n) for n in range(2 * PUBLISH_GROUP + 5)]
+    try:
+        await asyncio.gather(*(publisher.publish(j) for j in jobs))
+    finally:
+        await publisher.close()
+    messages = await queued_messages(stack)
+    assert sorted(i for ids in messages for i in ids) == sorted(j.registration_id for j in jobs)
+    assert max(len(ids) for ids in messages) <= PUBLISH_GROUP
+    assert len(messages) < len(jobs)
+
+
+async def test_a_job_whose_caller_gave_up_before_it_went_out_is_not_sent(stack: Stack) -> None:
+    """A job whose deadline passed while it waited for its message (here: the loop busy past it) is answered
+    with an error and never sent; the publisher goes on with the next job."""
+    stack.stop_shared_worker()
+    assert stack.settings.CELERY_BROKER_URL is not None
+    publisher = AmqpPublisher([str(stack.settings.CELERY_BROKER_URL)], timeout=0.3)
+    try:
+        late = asyncio.create_task(publisher.publish(job(1)))
+        await asyncio.sleep(0)  # queued, its message not yet sent
+        time.sleep(0.4)  # noqa: ASYNC251 - the loop held past the job's deadline, on purpose
+        with pytest.raises(TimeoutError):
+            await late
+        await publisher.publish(job(2))
+    finally:
+        await publisher.close()
+    assert await queued_messages(stack) == [[job(2).registration_id]]
+
+
+async def test_callers_behind_a_silent_broker_are_answered_within_the_deadline(stack: Stack) -> None:
+    """A broker that accepts the connection and says nothing: every caller is answered by the deadline,
+    those queued behind the first message too."""
+    accepted: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda _, writer: accepted.append(writer), "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    publisher = AmqpPublisher([f"amqp://guest:guest@127.0.0.1:{port}/"], timeout=0.5)
+    loop = asyncio.get_running_loop()
+
+    async def timed(n: int, after: float) -> float:
+        await asyncio.sleep(after)
+        started = loop.time()
+        with pytest.raises(Exception):  # noqa: B017 - timed out or refused, either is the 503
+            await publisher.publish(job(n))
+        return loop.time() - started
+
+    try:
+        took = await asyncio.gather(timed(1, 0), timed(2, 0), timed(3, 0.2), timed(4, 0.3))
+    finally:
+        await publisher.close()
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+    assert max(took) < 0.5 + 0.2, took
