@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import Executable, bindparam, case, false, insert, literal, select, text, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from delivery.db import utcnow
 from delivery.errors import RegistrationImpossible, ServiceUnavailable
@@ -143,7 +143,10 @@ async def _insert_packages(
             jobs = sorted(new.values(), key=lambda job: (job.session_id, job.type_id))
             costs = [None if rate is None else compute_cost(j.weight, j.value, rate.usd_rub) for j in jobs]
             rows = [_package_row(j, cost, rate, now) for j, cost in zip(jobs, costs, strict=True)]
-            created = await _insert_returning_ids(db, rows, list(new))
+            # Core statements on the session's connection: rows of plain values need none of the ORM's
+            # bulk layer (its per-row bookkeeping cost more than the statement).
+            conn = await db.connection()
+            created = await _insert_returning_ids(conn, rows, list(new))
             ids |= created
             if rate is not None:
                 priced = [
@@ -151,21 +154,22 @@ async def _insert_packages(
                     for j, cost in zip(jobs, costs, strict=True)
                     if cost is not None
                 ]
-                await _log_costs(db, priced, rate, now)
-                await _add_daily_totals(db, now.astimezone(UTC).date(), [(t, c) for _, t, c in priced])
+                await _log_costs(conn, priced, rate, now)
+                await _add_daily_totals(conn, now.astimezone(UTC).date(), [(t, c) for _, t, c in priced])
     return {str(registration_id): package_id for registration_id, package_id in ids.items()}
 
 
 async def _insert_returning_ids(
-    db: AsyncSession, rows: list[dict[str, object]], registration_ids: list[uuid.UUID]
+    conn: AsyncConnection, rows: list[dict[str, object]], registration_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, int]:
     """One multi-row INSERT; the new ids from its RETURNING where the database has one (MariaDB, SQLite),
     else from one SELECT by the unique registration ids (MySQL)."""
-    if db.get_bind().dialect.insert_returning:
+    if conn.dialect.insert_returning:
         returning = insert(Package).returning(Package.registration_id, Package.id)
-        return dict((await db.execute(returning, rows)).all())
-    await db.execute(insert(Package), rows)
-    return dict((await db.execute(_PACKAGE_IDS, {"registration_ids": registration_ids})).all())
+        return dict((await conn.execute(returning, rows)).all())
+    await conn.execute(insert(Package), rows)
+    found = await conn.execute(_PACKAGE_IDS, {"registration_ids": registration_ids})
+    return dict(found.all())
 
 
 def _package_row(
@@ -284,8 +288,9 @@ async def _price_batch(
             )
             .execution_options(synchronize_session=False)
         )
-        await _log_costs(db, [(pid, type_id, cost) for pid, (type_id, cost) in costs.items()], rate, now)
-        await _add_daily_totals(db, now.astimezone(UTC).date(), costs.values())
+        conn = await db.connection()
+        await _log_costs(conn, [(pid, type_id, cost) for pid, (type_id, cost) in costs.items()], rate, now)
+        await _add_daily_totals(conn, now.astimezone(UTC).date(), costs.values())
         await db.commit()
         last_id = rows[-1].id
         logger.info("priced batch count=%s last_id=%s usd_rub=%s", len(rows), last_id, rate.usd_rub)
@@ -303,12 +308,12 @@ def _is_deadlock(exc: DBAPIError) -> bool:
 
 
 async def _log_costs(
-    db: AsyncSession, priced: Sequence[tuple[int, int, Decimal]], rate: Rate, at: datetime
+    conn: AsyncConnection, priced: Sequence[tuple[int, int, Decimal]], rate: Rate, at: datetime
 ) -> None:
     """The cost log's rows, in one multi-row INSERT."""
     if not priced:
         return
-    await db.execute(
+    await conn.execute(
         insert(CostCalculation),
         [
             {
@@ -324,7 +329,7 @@ async def _log_costs(
     )
 
 
-async def _add_daily_totals(db: AsyncSession, day: date, costs: Iterable[tuple[int, Decimal]]) -> None:
+async def _add_daily_totals(conn: AsyncConnection, day: date, costs: Iterable[tuple[int, Decimal]]) -> None:
     """Add to the per-day, per-type running totals: one multi-row upsert, a row per type."""
     sums: dict[int, list[Decimal | int]] = defaultdict(lambda: [0, Decimal(0)])
     for type_id, cost in costs:
@@ -338,7 +343,7 @@ async def _add_daily_totals(db: AsyncSession, day: date, costs: Iterable[tuple[i
         return
     totals = DailyCostTotal
     stmt: Executable
-    if _dialect(db) == "sqlite":
+    if conn.dialect.name == "sqlite":
         lite = sqlite.insert(totals).values(rows)
         stmt = lite.on_conflict_do_update(
             index_elements=["day", "type_id"],
@@ -353,7 +358,7 @@ async def _add_daily_totals(db: AsyncSession, day: date, costs: Iterable[tuple[i
             packages=totals.packages + my.inserted.packages,
             total_cost_rub=totals.total_cost_rub + my.inserted.total_cost_rub,
         )
-    await db.execute(stmt)
+    await conn.execute(stmt)
 
 
 def _dialect(db: AsyncSession) -> str:
