@@ -208,3 +208,23 @@ def test_the_thread_pool_is_refused_at_start(stack: Stack) -> None:
     )
     assert result.returncode != 0
     assert "the thread pool is not supported" in result.stdout + result.stderr
+
+
+def test_pool_processes_open_their_connections_before_the_first_job(
+    stack: Stack, start_worker: type[WorkerProcess]
+) -> None:
+    """Each pool process connects to the database and the store when it starts, not at its first batch;
+    with the database unreachable it still starts (and says so), the first batch connecting as always."""
+    worker = start_worker(concurrency=2).start()
+    for pid in worker.pool_pids():
+        worker.wait_log(f"pool process warmed up pid={pid} ", 10)
+
+    unreachable = (
+        "mysql+asyncmy://root@127.0.0.1:9/none"
+        if stack.name == "real"
+        else "sqlite+aiosqlite:////proc/none/db"
+    )
+    down = start_worker(concurrency=1, DATABASE_URL=unreachable).start()
+    (pid,) = down.pool_pids()
+    down.wait_log(f"pool process not warmed up pid={pid} ", 10)
+    assert down.alive()

@@ -9,6 +9,7 @@ gevent/eventlet would not run it at all: the worker refuses them at start.
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 from celery import Task, bootsteps
 from celery.exceptions import ImproperlyConfigured
-from celery.signals import setup_logging, task_prerun, worker_process_shutdown
+from celery.signals import setup_logging, task_prerun, worker_process_init, worker_process_shutdown
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
@@ -135,6 +136,35 @@ def runtime() -> Runtime:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return runtime().runner.run(coro)
+
+
+#: How long a new pool process may spend opening its connections before it takes jobs (Celery gives a
+#: process 4 s to start, `worker_proc_alive_timeout`).
+WARM_UP_TIMEOUT = 2.0
+
+
+@worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """Open a pool process's database and store connections before its first batch, so the first
+    registrations after a start do not wait for them. A service down now only delays that to the first
+    batch, which retries as always."""
+
+    async def connect() -> None:
+        rt = runtime()
+        async with asyncio.timeout(WARM_UP_TIMEOUT):
+            async with rt.engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            await rt.store.ping()
+
+    started = time.monotonic()
+    try:
+        run(connect())
+    except Exception as exc:
+        logger.warning("pool process not warmed up pid=%s error=%r", os.getpid(), exc)
+    else:
+        logger.info(
+            "pool process warmed up pid=%s elapsed_ms=%.0f", os.getpid(), (time.monotonic() - started) * 1000
+        )
 
 
 @worker_process_shutdown.connect
