@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -124,7 +124,7 @@ def runtime() -> Runtime:
         store = create_store(settings)
         http = new_http_client()
         _runtime = Runtime(
-            runner=asyncio.Runner(),
+            runner=asyncio.Runner(loop_factory=loop_factory()),
             engine=engine,
             maker=create_sessionmaker(engine),
             store=store,
@@ -136,6 +136,15 @@ def runtime() -> Runtime:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return runtime().runner.run(coro)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (as uvicorn picks it for the API), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 #: How long a new pool process may spend opening its connections before it takes jobs (Celery gives a
