@@ -6,10 +6,12 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
 import pytest
+import redis.asyncio
 
 from delivery import registration
 from delivery.broker import create_celery, publish_registration, queued_registrations
@@ -211,7 +213,7 @@ def test_the_thread_pool_is_refused_at_start(stack: Stack) -> None:
 
 
 def test_pool_processes_open_their_connections_before_the_first_job(
-    stack: Stack, start_worker: type[WorkerProcess]
+    stack: Stack, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """Each pool process connects to the database and the store when it starts, not at its first batch;
     with the database unreachable it still starts (and says so), the first batch connecting as always."""
@@ -228,3 +230,57 @@ def test_pool_processes_open_their_connections_before_the_first_job(
     (pid,) = down.pool_pids()
     down.wait_log(f"pool process not warmed up pid={pid} ", 10)
     assert down.alive()
+
+
+async def test_concurrent_accepts_with_one_key_make_one_registration(stack: Stack) -> None:
+    """Twenty requests at once with one Idempotency-Key (their store calls sent together on Redis): one
+    stores the registration, every other is answered with it, and each got an answer of its own."""
+    store = create_store(stack.settings)
+    record = StatusRecord(1, "pending").dumps()
+    claim = idempotency_key(1, "concurrent")
+    try:
+        answers = await asyncio.gather(
+            *(
+                store.put_pending(
+                    status_key(f"r{n}"),
+                    record,
+                    ttl=60,
+                    index=PENDING_INDEX,
+                    member=f"r{n}",
+                    score=float(n),
+                    claim=claim,
+                )
+                for n in range(20)
+            )
+        )
+        stored = [n for n, held in enumerate(answers) if held is None]
+        assert len(stored) == 1
+        assert {held for held in answers if held is not None} == {(status_key(f"r{stored[0]}"), record)}
+        assert await store.index_below(PENDING_INDEX, 100.0, 100) == [f"r{stored[0]}"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # the embedded store has no scripts
+async def test_accepting_goes_on_after_redis_forgot_its_scripts(stack: Stack) -> None:
+    """Redis restarted (or SCRIPT FLUSH): the script is loaded again and the calls it refused are sent
+    again, each answered once."""
+    store = create_store(stack.settings)
+    assert stack.settings.REDIS_URL is not None
+    admin = redis.asyncio.Redis.from_url(str(stack.settings.REDIS_URL))
+    try:
+        await store.put_pending(status_key("warm"), "{}", ttl=60, index=PENDING_INDEX, member="warm", score=0)
+        await admin.script_flush()
+        answers = await asyncio.gather(
+            *(
+                store.put_pending(
+                    status_key(f"s{n}"), "{}", ttl=60, index=PENDING_INDEX, member=f"s{n}", score=1
+                )
+                for n in range(5)
+            )
+        )
+        assert answers == [None] * 5
+        assert [await store.get(status_key(f"s{n}")) for n in range(5)] == ["{}"] * 5
+    finally:
+        await admin.aclose()
+        await store.close()

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from hashlib import sha1
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -129,6 +130,64 @@ return 0
 """
 
 
+class _ScriptCalls:
+    """Calls of one Lua script by concurrent callers, sent together: while one pipeline of calls is on its
+    way, the calls made meanwhile wait and go out as the next (one write and one read for all of them,
+    instead of a pooled connection and a round trip each). Each call is its own script run, atomic as
+    before; a call's error is its caller's alone."""
+
+    def __init__(self, client: aioredis.Redis, script: str) -> None:
+        self._redis = client
+        self._script = script
+        self._sha = sha1(script.encode()).hexdigest()
+        self._waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, args, result))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
+        # Shielded: a caller cancelled by its client leaves the others' calls, and its own, to complete.
+        return await asyncio.shield(result)
+
+    async def _send(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    results = await self._run(group)
+                except Exception as exc:
+                    results = [exc] * len(group)
+                for (_, _, result), outcome in zip(group, results, strict=True):
+                    if result.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        result.set_exception(outcome)
+                        result.exception()  # its caller may be gone: not an error nobody retrieved
+                    else:
+                        result.set_result(outcome)
+        finally:
+            self._sender = None
+
+    async def _run(self, group: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        results = await self._pipeline(group)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
+            # The server does not know the script (its first use, or the server restarted): loaded, and the
+            # calls it refused (which did not run) sent again.
+            await self._redis.script_load(self._script)
+            refused = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+            for i, outcome in zip(refused, await self._pipeline([group[i] for i in refused]), strict=True):
+                results[i] = outcome
+        return results
+
+    async def _pipeline(self, group: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args, _ in group:
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+
 class RedisStore:
     def __init__(self, url: str) -> None:
         self._redis = aioredis.Redis.from_url(
@@ -144,7 +203,8 @@ class RedisStore:
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         )
         self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
-        self._put_pending = self._redis.register_script(_PUT_PENDING)
+        # Called by every registration the API accepts: the calls of concurrent requests share round trips.
+        self._put_pending = _ScriptCalls(self._redis, _PUT_PENDING)
         self._drop_pending = self._redis.register_script(_DROP_PENDING)
 
     async def get(self, key: str) -> str | None:
