@@ -1,9 +1,7 @@
-import json
 import re
 import time
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -14,7 +12,7 @@ from delivery.api import bodies
 from delivery.api.deps import DbSession, PackageId, Resources, ResourcesDep, SessionId
 from delivery.api.fastpath import fast_path
 from delivery.api.responses import PACKAGE_NOT_FOUND, STATUS_NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
-from delivery.api.routing import DecimalRoute
+from delivery.api.routing import DecimalRoute, decimal_json
 from delivery.db import utcnow
 from delivery.errors import InvalidField
 from delivery.schemas import (
@@ -192,6 +190,14 @@ async def register_package(
     """Accept a package for registration; follow it at the `Location` status URL."""
     if not await resources.type_exists(db, data.type_id):
         raise InvalidField("type_id", f"type {data.type_id} does not exist; see GET /types/")
+    accepted = await _accept(resources, session_id, data, idempotency_key)
+    response.headers["Location"] = status_url(accepted.status_id)
+    return accepted
+
+
+async def _accept(
+    resources: Resources, session_id: int, data: PackageCreate, idempotency_key: str | None
+) -> RegistrationAccepted:
     status_id = await registration.accept_registration(
         resources.store,
         resources.publish,
@@ -200,7 +206,6 @@ async def register_package(
         idempotency_key_value=idempotency_key,
         status_ttl=resources.settings.STATUS_TTL,
     )
-    response.headers["Location"] = status_url(status_id)
     return RegistrationAccepted(status_id=status_id)
 
 
@@ -225,23 +230,15 @@ async def _fast_register(request: Request) -> Response | None:
             key = value if key is None else b""
     if content_type != _JSON_CONTENT or (key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH):
         return None
-    body = await request.body()
     try:
-        data = PackageCreate.model_validate(json.loads(body, parse_float=Decimal))
+        data = PackageCreate.model_validate(decimal_json(await request.body()))
     except Exception:  # anything to refuse (or nested too deep to parse): FastAPI's handler answers it
         return None
     if data.type_id not in resources.type_ids:
         return None  # unknown to this process yet: the handler reads the types again
-    status_id = await registration.accept_registration(
-        resources.store,
-        resources.publish,
-        session_id=session_id,
-        data=data,
-        idempotency_key_value=None if key is None else key.decode("latin-1"),
-        status_ttl=resources.settings.STATUS_TTL,
-    )
-    response = Response(b'{"status_id":"%s"}' % str(status_id).encode(), status_code=202, media_type=JSON)
-    response.headers["location"] = status_url(status_id)
+    accepted = await _accept(resources, session_id, data, None if key is None else key.decode("latin-1"))
+    response = Response(accepted.model_dump_json().encode(), status_code=202, media_type=JSON)
+    response.headers["location"] = status_url(accepted.status_id)
     return response
 
 

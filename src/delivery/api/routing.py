@@ -9,16 +9,20 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 
+def decimal_json(body: bytes) -> Any:
+    """A JSON body with its numbers' fractions as `Decimal`; any failure to parse is a JSONDecodeError."""
+    try:
+        return json.loads(body, parse_float=Decimal)
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        if isinstance(exc, json.JSONDecodeError):
+            raise
+        raise json.JSONDecodeError(str(exc), body.decode(errors="replace"), 0) from None
+
+
 class DecimalJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            body = await self.body()
-            try:
-                self._json = json.loads(body, parse_float=Decimal)
-            except ValueError as exc:  # e.g. an integer longer than Python converts
-                if isinstance(exc, json.JSONDecodeError):
-                    raise
-                raise json.JSONDecodeError(str(exc), body.decode(errors="replace"), 0) from None
+            self._json = decimal_json(await self.body())
         return self._json
 
 
