@@ -142,3 +142,16 @@ async def test_callers_behind_a_silent_broker_are_answered_within_the_deadline(s
         silent.close()
         await silent.wait_closed()
     assert max(took) < 0.5 + 0.2, took
+
+
+async def test_closing_the_publisher_answers_the_jobs_waiting_to_go_out(stack: Stack) -> None:
+    """The API stopping while jobs wait for their message: each caller is answered at once (its 503), not
+    at its deadline."""
+    assert stack.settings.CELERY_BROKER_URL is not None
+    publisher = AmqpPublisher([str(stack.settings.CELERY_BROKER_URL)], timeout=60)
+    waiting = [asyncio.create_task(publisher.publish(job(n))) for n in range(3)]
+    await asyncio.sleep(0)  # queued; their message not sent yet
+    await publisher.close()
+    for call in waiting:
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(call, 5)

@@ -284,3 +284,21 @@ async def test_accepting_goes_on_after_redis_forgot_its_scripts(stack: Stack) ->
     finally:
         await admin.aclose()
         await store.close()
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # the embedded store sends nothing in groups
+async def test_closing_the_store_answers_the_calls_waiting_to_go_out(stack: Stack) -> None:
+    """A store closed (the API stopping) while calls wait for their pipeline: each is answered as the store
+    being unavailable, none is left waiting."""
+    store = create_store(stack.settings)
+    waiting = [
+        asyncio.create_task(
+            store.put_pending(status_key(f"c{n}"), "{}", ttl=60, index=PENDING_INDEX, member=f"c{n}", score=0)
+        )
+        for n in range(3)
+    ]
+    await asyncio.sleep(0)  # queued; their pipeline not sent yet
+    await store.close()
+    for call in waiting:
+        with pytest.raises(ServiceUnavailable):
+            await asyncio.wait_for(call, 5)

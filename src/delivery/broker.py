@@ -460,6 +460,10 @@ class AmqpPublisher:
     async def close(self) -> None:
         if self._sender is not None:
             self._sender.cancel()
+            await asyncio.wait([self._sender])
+        # A sender cancelled before it ever ran did not reach its own clean-up.
+        _fail(self._waiting, ConnectionError("the publisher is closed"))
+        self._waiting.clear()
         await self._drop()
         if self._closing:
             await asyncio.wait(self._closing, timeout=2.0)

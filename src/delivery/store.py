@@ -152,6 +152,7 @@ class _ScriptCalls:
         return await asyncio.shield(result)
 
     async def _send(self) -> None:
+        group: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         try:
             while self._waiting:
                 group, self._waiting = self._waiting, []
@@ -159,16 +160,21 @@ class _ScriptCalls:
                     results = await self._run(group)
                 except Exception as exc:
                     results = [exc] * len(group)
-                for (_, _, result), outcome in zip(group, results, strict=True):
-                    if result.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        result.set_exception(outcome)
-                        result.exception()  # its caller may be gone: not an error nobody retrieved
-                    else:
-                        result.set_result(outcome)
+                _settle(group, results)
+                group = []
         finally:
+            # Cancelled (the store closing): the calls in flight and those waiting are answered, not left.
             self._sender = None
+            left, self._waiting = group + self._waiting, []
+            _settle(left, [redis.exceptions.ConnectionError("the store is closed")] * len(left))
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.wait([self._sender])
+        # A sender cancelled before it ever ran did not reach its own clean-up.
+        left, self._waiting = self._waiting, []
+        _settle(left, [redis.exceptions.ConnectionError("the store is closed")] * len(left))
 
     async def _run(self, group: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
         results = await self._pipeline(group)
@@ -186,6 +192,17 @@ class _ScriptCalls:
             for keys, args, _ in group:
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
+
+
+def _settle(calls: list[tuple[list[str], list[Any], asyncio.Future[Any]]], outcomes: list[Any]) -> None:
+    for (_, _, result), outcome in zip(calls, outcomes, strict=True):
+        if result.done():
+            continue
+        if isinstance(outcome, BaseException):
+            result.set_exception(outcome)
+            result.exception()  # its caller may be gone: not an error nobody retrieved
+        else:
+            result.set_result(outcome)
 
 
 class RedisStore:
@@ -283,6 +300,7 @@ class RedisStore:
             await self._redis.ping()
 
     async def close(self) -> None:
+        await self._put_pending.close()
         await self._redis.aclose()
 
 
