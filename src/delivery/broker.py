@@ -10,7 +10,6 @@ import logging
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from kombu.transport.native_delayed_delivery import calculate_routing_key
 from kombu.utils.functional import retry_over_time
 
 from delivery.config import EMBEDDED_DIR, Settings
+from delivery.grouping import Grouped
 from delivery.registration import RegistrationJob
 
 logger = logging.getLogger(__name__)
@@ -293,15 +293,6 @@ def task_message(jobs: Sequence[RegistrationJob]) -> tuple[dict[str, Any], bytes
     return headers, json.dumps(body).encode()
 
 
-@dataclass(slots=True)
-class Waiting:
-    """A job waiting for its message: what its caller awaits, and when the caller gives up (loop time)."""
-
-    job: RegistrationJob
-    confirmed: asyncio.Future[None]
-    deadline: float
-
-
 class AmqpPublisher:
     """The API's publisher on RabbitMQ: one connection and one confirming channel, kept open.
 
@@ -337,45 +328,17 @@ class AmqpPublisher:
         #: The confirming channel of the connection (aiormq's, under aio-pika's wrapper), kept open.
         self._channel: aiormq.Channel | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        #: Jobs waiting for the next message, each with what its caller awaits and its caller's deadline.
-        self._waiting: list[Waiting] = []
-        #: The task sending the messages, while there are jobs to send.
-        self._sender: asyncio.Task[None] | None = None
+        #: The jobs of concurrent requests, sent as one message.
+        self._groups: Grouped[RegistrationJob, None] = Grouped(
+            self._send_message, closed=lambda: ConnectionError("the publisher is closed"), limit=PUBLISH_GROUP
+        )
 
     async def publish(self, job: RegistrationJob) -> None:
         """Return when `job` is confirmed by the broker, within the deadline; raise otherwise."""
-        loop = asyncio.get_running_loop()
-        waiting = Waiting(job, loop.create_future(), loop.time() + self._timeout)
-        self._waiting.append(waiting)
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send())
-        try:
-            # A message's deadline is its oldest job's: it fails no later than any of its callers give up.
-            async with asyncio.timeout_at(waiting.deadline):
-                # Shielded: a caller cancelled by its client leaves its job to go out (its status is kept
-                # pending); the others of its message are not affected.
-                await asyncio.shield(waiting.confirmed)
-        except TimeoutError:
-            waiting.confirmed.cancel()  # not sent yet: it never will be
-            raise
+        await self._groups.submit(job, within=self._timeout)
 
-    async def _send(self) -> None:
-        try:
-            while self._waiting:
-                now = asyncio.get_running_loop().time()
-                taken, self._waiting = self._waiting[:PUBLISH_GROUP], self._waiting[PUBLISH_GROUP:]
-                group = [w for w in taken if not w.confirmed.done() and w.deadline > now]
-                # A job whose caller has given up, or is giving up now, is not sent.
-                _fail([w for w in taken if w.deadline <= now], TimeoutError("not sent within the deadline"))
-                if group:
-                    await self._send_group(group)
-        finally:
-            self._sender = None
-            _fail(self._waiting, ConnectionError("the publisher is closed"))
-            self._waiting.clear()
-
-    async def _send_group(self, group: list[Waiting]) -> None:
-        headers, body = task_message([w.job for w in group])
+    async def _send_message(self, jobs: list[RegistrationJob], deadline: float | None) -> list[None]:
+        headers, body = task_message(jobs)
         # The properties aio-pika's Message would make, built directly; the frames go through the connection's
         # channel itself (aio-pika's Exchange.publish forwards to it), which waits for the broker's confirm
         # and raises on a nack and, the message being mandatory, on a return. `wait=False`: the publish does
@@ -390,7 +353,7 @@ class AmqpPublisher:
             correlation_id=headers["id"],
         )
         try:
-            async with asyncio.timeout_at(min(w.deadline for w in group)):
+            async with asyncio.timeout_at(deadline):
                 channel = self._channel or await self._connect()
                 await channel.basic_publish(
                     body,
@@ -400,16 +363,10 @@ class AmqpPublisher:
                     mandatory=True,
                     wait=False,
                 )
-        except Exception as exc:
+        except Exception:
             await self._drop()
-            _fail(group, exc)
-        except asyncio.CancelledError:
-            _fail(group, ConnectionError("the publisher is closed"))
             raise
-        else:
-            for w in group:
-                if not w.confirmed.done():
-                    w.confirmed.set_result(None)
+        return [None] * len(jobs)
 
     async def _connect(self) -> aiormq.Channel:
         async with self._lock:
@@ -458,22 +415,10 @@ class AmqpPublisher:
             task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.wait([self._sender])
-        # A sender cancelled before it ever ran did not reach its own clean-up.
-        _fail(self._waiting, ConnectionError("the publisher is closed"))
-        self._waiting.clear()
+        await self._groups.close()
         await self._drop()
         if self._closing:
             await asyncio.wait(self._closing, timeout=2.0)
-
-
-def _fail(waiting: Sequence[Waiting], exc: BaseException) -> None:
-    for w in waiting:
-        if not w.confirmed.done():
-            w.confirmed.set_exception(exc)
-            w.confirmed.exception()  # its caller may be gone (timed out): not an error nobody retrieved
 
 
 async def _close(connection: aio_pika.abc.AbstractConnection) -> None:

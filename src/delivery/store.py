@@ -20,6 +20,7 @@ from redis.backoff import ExponentialBackoff
 
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.errors import ServiceUnavailable
+from delivery.grouping import Grouped
 
 T = TypeVar("T")
 #: How a claim marks the key it names as answered to a second request (see `Store.put_pending`).
@@ -130,79 +131,35 @@ return 0
 """
 
 
-class _ScriptCalls:
-    """Calls of one Lua script by concurrent callers, sent together: while one pipeline of calls is on its
-    way, the calls made meanwhile wait and go out as the next (one write and one read for all of them,
-    instead of a pooled connection and a round trip each). Each call is its own script run, atomic as
-    before; a call's error is its caller's alone."""
+#: One call of a script: its keys and its arguments.
+ScriptCall = tuple[list[str], list[Any]]
+
+
+class _Script:
+    """A Lua script whose calls are sent as one pipeline (each call its own script run, atomic as ever; a
+    call's error is its caller's alone)."""
 
     def __init__(self, client: aioredis.Redis, script: str) -> None:
         self._redis = client
         self._script = script
         self._sha = sha1(script.encode()).hexdigest()
-        self._waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._sender: asyncio.Task[None] | None = None
 
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((keys, args, result))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send())
-        # Shielded: a caller cancelled by its client leaves the others' calls, and its own, to complete.
-        return await asyncio.shield(result)
-
-    async def _send(self) -> None:
-        group: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting, []
-                try:
-                    results = await self._run(group)
-                except Exception as exc:
-                    results = [exc] * len(group)
-                _settle(group, results)
-                group = []
-        finally:
-            # Cancelled (the store closing): the calls in flight and those waiting are answered, not left.
-            self._sender = None
-            left, self._waiting = group + self._waiting, []
-            _settle(left, [redis.exceptions.ConnectionError("the store is closed")] * len(left))
-
-    async def close(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.wait([self._sender])
-        # A sender cancelled before it ever ran did not reach its own clean-up.
-        left, self._waiting = self._waiting, []
-        _settle(left, [redis.exceptions.ConnectionError("the store is closed")] * len(left))
-
-    async def _run(self, group: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
-        results = await self._pipeline(group)
+    async def run(self, calls: list[ScriptCall], _deadline: float | None = None) -> list[Any]:
+        results = await self._pipeline(calls)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
             # The server does not know the script (its first use, or the server restarted): loaded, and the
             # calls it refused (which did not run) sent again.
             await self._redis.script_load(self._script)
             refused = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
-            for i, outcome in zip(refused, await self._pipeline([group[i] for i in refused]), strict=True):
+            for i, outcome in zip(refused, await self._pipeline([calls[i] for i in refused]), strict=True):
                 results[i] = outcome
         return results
 
-    async def _pipeline(self, group: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+    async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for keys, args, _ in group:
+            for keys, args in calls:
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
-
-
-def _settle(calls: list[tuple[list[str], list[Any], asyncio.Future[Any]]], outcomes: list[Any]) -> None:
-    for (_, _, result), outcome in zip(calls, outcomes, strict=True):
-        if result.done():
-            continue
-        if isinstance(outcome, BaseException):
-            result.set_exception(outcome)
-            result.exception()  # its caller may be gone: not an error nobody retrieved
-        else:
-            result.set_result(outcome)
 
 
 class RedisStore:
@@ -221,7 +178,10 @@ class RedisStore:
         )
         self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
         # Called by every registration the API accepts: the calls of concurrent requests share round trips.
-        self._put_pending = _ScriptCalls(self._redis, _PUT_PENDING)
+        self._put_pending: Grouped[ScriptCall, Any] = Grouped(
+            _Script(self._redis, _PUT_PENDING).run,
+            closed=lambda: redis.exceptions.ConnectionError("the store is closed"),
+        )
         self._drop_pending = self._redis.register_script(_DROP_PENDING)
 
     async def get(self, key: str) -> str | None:
@@ -276,7 +236,7 @@ class RedisStore:
     ) -> tuple[str, str] | None:
         keys = [key, index] if claim is None else [key, index, claim]
         async with _unavailable_on_error():
-            held = await self._put_pending(keys=keys, args=[value, _ms(ttl), member, score])
+            held = await self._put_pending.submit((keys, [value, _ms(ttl), member, score]))
         return None if not held else (str(held[0]), str(held[1]))
 
     async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
