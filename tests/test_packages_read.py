@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import service
 from delivery.jobs import create_package, price_pending
-from delivery.models import BLOCK_BITS, Package, PackageBlock
+from delivery.models import BLOCK_BITS, ClientSession, Package, PackageBlock
 from delivery.rates import Rate
 from delivery.registration import RegistrationJob
 from delivery.service import bind_transport_company
@@ -57,14 +57,28 @@ def assert_error_names(response: httpx.Response, location: list[str]) -> None:
     assert any(error["loc"] == location for error in detail), detail
 
 
+def app_engine(client: httpx.AsyncClient) -> Engine:
+    engine: Engine = client.app.state.resources.engine.sync_engine  # type: ignore[attr-defined]
+    return engine
+
+
 @contextmanager
 def statements(client: httpx.AsyncClient) -> Iterator[list[str]]:
     """The SQL statements the app's engine sends while the block runs."""
-    engine: Engine = client.app.state.resources.engine.sync_engine  # type: ignore[attr-defined]
-    seen: list[str] = []
+    with executed(client) as seen_with_parameters:
+        seen: list[str] = []
+        yield seen
+    seen.extend(statement for statement, _ in seen_with_parameters)
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
+
+@contextmanager
+def executed(client: httpx.AsyncClient) -> Iterator[list[tuple[str, Any]]]:
+    """The SQL statements the app's engine sends while the block runs, with their parameters."""
+    engine = app_engine(client)
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", record)
     try:
@@ -794,8 +808,8 @@ async def test_deep_pages_are_the_pages(
                 body = await list_packages(client, **params, page=page, size=size)
             assert ids(body) == want[(page - 1) * size : page * size], (params, page)
             assert (body["total"], body["pages"]) == (len(want), pages), (params, page)
-            if page > 1:
-                assert any("package_blocks" in s for s in seen), seen
+            if page > 1:  # from a block map, checked against its session's changes
+                assert any("package_changes" in s for s in seen), seen
 
 
 async def test_blocks_stay_exact(client: httpx.AsyncClient, maker: Maker) -> None:
@@ -862,3 +876,95 @@ async def test_kept_block_maps_follow_the_list(
     layout[middle[3]] = (layout[middle[3]][0], False)
 
     await every_page()
+
+
+async def package_changes(maker: Maker, *session_ids: int) -> list[int]:
+    async with maker() as db:
+        rows = (await db.execute(select(ClientSession.id, ClientSession.package_changes))).all()
+    found = {row.id: row.package_changes for row in rows}
+    return [found[session_id] for session_id in session_ids]
+
+
+async def test_package_changes_count_what_moves_a_package(client: httpx.AsyncClient, maker: Maker) -> None:
+    """Each insert, pricing, unpricing, move between sessions or types, and delete adds one to the changes
+    of every session it touches; a change that moves no package in a list (its name) adds none."""
+    mine = await open_session(client)
+    other, _ = await add_session(maker)
+    before = await package_changes(maker, mine, other)
+    first, second = await add_packages(maker, session_id=mine, count=2)
+    assert await package_changes(maker, mine, other) == [before[0] + 2, before[1]]
+
+    steps: list[tuple[Any, list[int]]] = [
+        (update(Package).where(Package.id == first).values(name="renamed"), [0, 0]),
+        (update(Package).where(Package.id == first).values(delivery_cost_rub=Decimal("5.00")), [1, 0]),
+        (update(Package).where(Package.id == first).values(delivery_cost_rub=Decimal("6.00")), [0, 0]),
+        (update(Package).where(Package.id == first).values(delivery_cost_rub=None), [1, 0]),
+        (update(Package).where(Package.id == first).values(type_id=2), [1, 0]),
+        (update(Package).where(Package.id == second).values(session_id=other), [1, 1]),
+        (delete(Package).where(Package.id == second), [0, 1]),
+    ]
+    for statement, added in steps:
+        was = await package_changes(maker, mine, other)
+        async with maker() as db:
+            await db.execute(statement)
+            await db.commit()
+        assert await package_changes(maker, mine, other) == [
+            w + a for w, a in zip(was, added, strict=True)
+        ], str(statement)
+
+
+async def test_a_deep_page_starts_from_the_nearest_place_its_map_knows(
+    client: httpx.AsyncClient, maker: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index is walked only from the nearest place the list's block map knows before the page: a page
+    read again, and the page after it, walk no package before their own; a change to another session's
+    packages leaves the map as it is, a change to this session's has it read again."""
+    session_id = await open_session(client)
+    other_id, _ = await add_session(maker)
+    # 120 packages in one block of ids: a page deep in it walks from the block's start unless told better.
+    layout = await spread_packages(maker, session_id, 0)
+    async with maker() as db:
+        for n in range(120):
+            package_id = (7 << BLOCK_BITS) + 3 * n
+            db.add(
+                Package(
+                    id=package_id,
+                    registration_id=uuid.uuid4(),
+                    session_id=session_id,
+                    type_id=1,
+                    name=f"p{n}",
+                    weight_kg=Decimal("1.000"),
+                    content_value_usd=Decimal("2.00"),
+                )
+            )
+            layout[package_id] = (1, False)
+        await db.commit()
+    monkeypatch.setattr(service, "DEEP_SKIP", 1)
+    size = 10
+    _, page_statement = service._deep_statements(False, False)
+    compiled = page_statement.compile(dialect=app_engine(client).dialect)
+    assert compiled.positiontup is not None
+    walk_at = compiled.positiontup.index("walk")
+
+    async def read(page: int) -> tuple[int | None, int]:
+        """The packages the page's statement walked before the page (None: no deep page statement), and
+        how many statements about packages the page took; the page checked against OFFSET's."""
+        with executed(client) as seen:
+            body = await list_packages(client, page=page, size=size)
+        assert ids(body) == wanted(layout, {})[(page - 1) * size : page * size], page
+        walks = [parameters[walk_at] for statement, parameters in seen if statement == str(compiled)]
+        return (walks[-1] if walks else None), len([s for s, _ in seen if "package" in s])
+
+    assert await read(5) == (40, 2)  # the map read, then the page from the block's start
+    assert await read(5) == (0, 1)  # again: from where it started last time
+    assert await read(6) == (0, 1)  # the next: from where page 5 ended
+    assert await read(8) == (10, 1)  # from the nearest place before it, page 6's end
+
+    await add_packages(maker, session_id=other_id, count=1)
+    assert await read(8) == (0, 1)
+
+    layout[await add_package(maker, session_id=session_id, type_id=1)] = (1, False)
+    walked, statements_sent = await read(8)
+    assert statements_sent == 3  # the page at the kept map's changes, the map read again, the page
+    assert walked is not None and walked > 0
+    assert await read(8) == (0, 1)

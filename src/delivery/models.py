@@ -28,6 +28,10 @@ class ClientSession(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    #: Changes to the session's packages (inserted, deleted, priced or moved), counted by triggers (see the
+    #: `package_changes` migration); it only grows, so a block map read when it held a figure is
+    #: still exact while it holds it.
+    package_changes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class PackageType(Base):

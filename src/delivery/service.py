@@ -3,14 +3,14 @@
 Accepting a registration and reading its status live in `delivery.registration`."""
 
 import bisect
+import collections
 import functools
 import hashlib
-import itertools
 import logging
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -172,44 +172,69 @@ def _page(where: list[Any], skip: str, *extra: Any) -> Select[Any]:
 
 #: From this many packages before a page on, its start is found from `package_blocks`.
 DEEP_SKIP = 1_000
-#: A deep page whose blocks changed between its two statements is read again, at most this many times; then
-#: by OFFSET alone.
+#: A deep page whose session's packages changed since its map was read is read again, at most this many
+#: times; then by OFFSET alone.
 DEEP_TRIES = 3
 #: Block maps kept by `BlockMaps` (one per session and combination of filters read deep lately).
 BLOCK_MAPS_SIZE = 1_024
+#: Places a block map learns from the pages it served, at most (then the oldest learned goes first).
+LEARNED_PLACES = 256
 
 #: A list's key in `BlockMaps`: session id, type id, has cost (None: not filtered).
 ListKey = tuple[int, int | None, bool | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BlockMap:
-    """A list's blocks, newest first, with the packages of each and of all the blocks from the newest down
-    to it (`through`, increasing)."""
+    """Places in a list, as of its session's `package_changes` being `changes`: at `aboves[i]`, exactly
+    that many of the list's packages have an id of `uppers[i]` or more, so the page past `skip` packages
+    is the one past `skip - aboves[i]` of the ids below `uppers[i]`. The places are where its blocks start
+    (from `package_blocks`), and the first and the end of the pages served from it (so a page read again,
+    or the next one, walks no package before its own)."""
 
-    blocks: tuple[int, ...]
-    packages: tuple[int, ...]
-    through: tuple[int, ...]
+    aboves: list[int]
+    uppers: list[int]
+    total: int
+    changes: int | None
+    learned: collections.deque[int] = field(default_factory=collections.deque)
 
     @classmethod
     def of(cls, rows: Sequence[AnyRow]) -> "BlockMap":
-        counts = [int(row.packages) for row in rows]
-        return cls(tuple(int(row.block) for row in rows), tuple(counts), tuple(itertools.accumulate(counts)))
+        """From the list's blocks, newest first."""
+        aboves, uppers, above = [], [], 0
+        for row in rows:
+            if packages := int(row.packages):
+                aboves.append(above)
+                uppers.append((int(row.block) + 1) << BLOCK_BITS)
+                above += packages
+        return cls(aboves, uppers, above, int(rows[0].changes) if rows else None)
 
     def start(self, skip: int) -> tuple[int, int] | None:
-        """The block where a page past `skip` packages starts and how many packages the blocks above it
-        hold; None: past the end."""
-        at = bisect.bisect_right(self.through, skip)
-        if at == len(self.through):
+        """The nearest place at or before the page past `skip` packages: its `upper` and how many of the
+        ids below it come before the page; None: past the end."""
+        if skip >= self.total:
             return None
-        return self.blocks[at], self.through[at] - self.packages[at]
+        at = bisect.bisect_right(self.aboves, skip) - 1
+        return self.uppers[at], skip - self.aboves[at]
+
+    def learn(self, above: int, upper: int) -> None:
+        """One more place (of this map's `changes`)."""
+        at = bisect.bisect_left(self.aboves, above)
+        if at < len(self.aboves) and self.aboves[at] == above:
+            return
+        self.aboves.insert(at, above)
+        self.uppers.insert(at, upper)
+        self.learned.append(above)
+        if len(self.learned) > LEARNED_PLACES:
+            at = bisect.bisect_left(self.aboves, self.learned.popleft())
+            del self.aboves[at], self.uppers[at]
 
 
 class BlockMaps:
     """The block maps of lists read deep lately, per process, at most `size` (the least recently used goes
-    first). A map is a hint, never an answer: the page's statement counts again, in its own snapshot, what
-    the blocks above its start hold, and a map that no longer agrees is read again. Paging on through a
-    list then costs one statement a page instead of two."""
+    first). A map is a hint, never an answer: the page's statement reads, in its own snapshot, its session's
+    `package_changes`, and a map read at another figure is read again. Paging on through a list then costs
+    one statement a page instead of two."""
 
     def __init__(self, size: int = BLOCK_MAPS_SIZE) -> None:
         self._maps: cachetools.LRUCache[ListKey, BlockMap] = cachetools.LRUCache(size)
@@ -226,24 +251,24 @@ class BlockMaps:
 
 @functools.cache
 def _deep_statements(by_type: bool, by_cost: bool) -> tuple[Select[int, int], Select[Any]]:
-    """A deep page: the list's blocks, then the page from its start block with what the blocks above hold."""
+    """A deep page: the list's blocks, then the page from its start block; each with its session's changes,
+    read in the same snapshot."""
     where = [*_filters(Package, by_type, by_cost), Package.id < bindparam("upper")]
-    blocked = _filters(PackageBlock, by_type, by_cost)
+    changes = (
+        select(ClientSession.package_changes)
+        .where(ClientSession.id == bindparam("session_id"))
+        .scalar_subquery()
+        .label("changes")
+    )
     # Newest block first, each block's packages (of every type and cost, unless filtered).
     blocks = (
-        select(PackageBlock.block, func.sum(PackageBlock.packages).label("packages"))
-        .where(*blocked)
+        select(PackageBlock.block, func.sum(PackageBlock.packages).label("packages"), changes)
+        .where(*_filters(PackageBlock, by_type, by_cost))
         .group_by(PackageBlock.block)
         .order_by(PackageBlock.block.desc())
     )
     _, count = _page_statements(by_type, by_cost)
-    above = select(func.coalesce(func.sum(PackageBlock.packages), 0)).where(
-        *blocked, PackageBlock.block > bindparam("block")
-    )
-    page = _page(
-        where, "skip_in_block", count.scalar_subquery().label("total"), above.scalar_subquery().label("above")
-    )
-    return blocks, page
+    return blocks, _page(where, "walk", count.scalar_subquery().label("total"), changes)
 
 
 async def list_packages(
@@ -257,8 +282,8 @@ async def list_packages(
     block_maps: BlockMaps | None = None,
 ) -> tuple[Sequence[AnyRow], int]:
     """One page of rows (`PACKAGE_COLUMNS`), newest first, and the total, in one statement (types joined);
-    a page past the end costs one more for the total, a deep page one more for where it starts (unless
-    `block_maps` holds the list's map)."""
+    a page past the end costs one more for the total, a deep page one more for the list's block map (unless
+    `block_maps` holds it)."""
     by_type, by_cost = type_id is not None, has_cost is not None
     stmt, count = _page_statements(by_type, by_cost)
     # A page number past any real list asks for an offset the database cannot hold: clamp it.
@@ -286,11 +311,12 @@ async def _deep_page(
     key: ListKey,
     block_maps: BlockMaps,
 ) -> tuple[Sequence[AnyRow], int] | None:
-    """A page far from the start, walking only the block where it starts (and on, for a page that spans
-    blocks): the block comes from the list's block map, kept or read. The page's statement counts again, in
-    its own snapshot, the packages of the blocks above; equal to the count the map gave, the page is exact
-    in that snapshot, otherwise (a package written since) the map is read again. None: read it by OFFSET
-    alone (past the end, or the blocks kept changing)."""
+    """A page far from the start, walking the index only from the nearest place before it that the list's
+    block map knows (where a block starts, or where a page served from the map starts or ends): the map is
+    kept or read. The page's statement reads, in its own snapshot, the session's `package_changes`; at the
+    figure the map was read with, no package of the session has moved since and the page is exact in that
+    snapshot (and teaches the map its own places), otherwise the map is read again. None: read it by OFFSET
+    alone (past the end, or the packages kept changing)."""
     blocks_statement, page = _deep_statements(by_type, by_cost)
     blocks = block_maps.get(key)
     for _ in range(DEEP_TRIES):
@@ -304,10 +330,11 @@ async def _deep_page(
                 blocks = None  # past the end of a kept map: the list may have grown since
                 continue
             return None
-        block, above = found
-        deep = params | {"block": block, "upper": (block + 1) << BLOCK_BITS, "skip_in_block": skip - above}
-        rows = (await conn.execute(page, deep)).all()
-        if rows and int(rows[0].above) == above:
+        upper, walk = found
+        rows = (await conn.execute(page, params | {"upper": upper, "walk": walk})).all()
+        if rows and rows[0].changes == blocks.changes:
+            blocks.learn(skip, rows[0].id + 1)
+            blocks.learn(skip + len(rows), rows[-1].id)
             return rows, int(rows[0].total)
         blocks = None
     block_maps.forget(key)
