@@ -54,6 +54,13 @@ PRICE_MAX_BACKOFF = 5.0
 #: pool's hard limit, after which the pool process is replaced and the batch's messages go back to the queue.
 BATCH_DEADLINE = 30.0
 BATCH_HARD_LIMIT = 60.0
+#: After a batch met a transient failure, its pool process waits at most this long for the database and the
+#: store to answer again, probing every `RECOVERY_PROBE_EVERY` seconds (each probe bounded by
+#: `RECOVERY_PROBE_TIMEOUT`): when they do, the batch's jobs are due at once, not after a backoff that grew
+#: while a service was away.
+RECOVERY_WAIT = 10.0
+RECOVERY_PROBE_EVERY = 0.5
+RECOVERY_PROBE_TIMEOUT = 1.0
 SUPPORTED_POOLS = ("prefork", "solo")
 
 settings = get_settings()
@@ -272,10 +279,46 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
     except TRANSIENT as exc:
         metrics.JOB_RETRIES.labels(REGISTER_TASK, "transient").inc(len(batch))
         logger.warning("registration batch will retry size=%s retries=%s error=%r", len(batch), retries, exc)
-        later = [registration.Retry(job, backoff(retries)) for job in batch]
+        back_after = run(_back_after(rt, RECOVERY_WAIT))
+        if back_after is None:
+            later = [registration.Retry(job, backoff(retries)) for job in batch]
+        else:
+            logger.info(
+                "database and store answer again after_s=%.1f; registration batch retried now size=%s",
+                back_after,
+                len(batch),
+            )
+            later = [registration.Retry(job, 0.0) for job in batch]
     for retry in later:
         publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1)
     return True
+
+
+async def _answers(rt: Runtime) -> bool:
+    """Whether the database and the store both answer now."""
+    try:
+        async with asyncio.timeout(RECOVERY_PROBE_TIMEOUT):
+            async with rt.engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            await rt.store.ping()
+    except Exception:
+        return False
+    return True
+
+
+async def _back_after(rt: Runtime, limit: float) -> float | None:
+    """The seconds until the database and the store answered again, if one of them did not answer at first
+    and both did within `limit`; None otherwise (both answered at once: the failure was something else, which
+    the usual backoff spaces out; or they are still away)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    if await _answers(rt):
+        return None
+    while (waited := loop.time() - started) < limit:
+        await asyncio.sleep(min(RECOVERY_PROBE_EVERY, limit - waited))
+        if await _answers(rt):
+            return loop.time() - started
+    return None
 
 
 @app.task(name=PRICE_TASK, bind=True, max_retries=PRICE_RETRIES)
