@@ -1,6 +1,8 @@
 """GET /packages/ and /packages/{id}/: ownership, order, filters, pages, exact totals and decimals, one query
 a page."""
 
+import asyncio
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import service
-from delivery.jobs import create_package, price_pending
+from delivery.jobs import create_package, create_packages, price_pending
 from delivery.models import BLOCK_BITS, ClientSession, Package, PackageBlock
 from delivery.rates import Rate
 from delivery.registration import RegistrationJob
@@ -968,3 +970,35 @@ async def test_a_deep_page_starts_from_the_nearest_place_its_map_knows(
     assert statements_sent == 3  # the page at the kept map's changes, the map read again, the page
     assert walked is not None and walked > 0
     assert await read(8) == (0, 1)
+
+
+async def test_concurrent_registration_batches_of_the_same_sessions_never_deadlock(maker: Maker) -> None:
+    """Four writers registering batches of the same sessions at once, as a worker's pool processes do: every
+    package created, none chosen as a deadlock's victim, each session's changes counting its packages."""
+    sessions = [(await add_session(maker))[0] for _ in range(4)]
+    rounds, size = 25, 8
+
+    async def writer(seed: int) -> int:
+        chooser = random.Random(seed)
+        created = 0
+        for _ in range(rounds):
+            batch = [
+                RegistrationJob(
+                    registration_id=str(uuid.uuid4()),
+                    session_id=chooser.choice(sessions),
+                    name="concurrent",
+                    weight_kg="1.000",
+                    type_id=chooser.randint(1, 3),
+                    content_value_usd="2.00",
+                    accepted_at=time.time(),
+                )
+                for _ in range(size)
+            ]
+            created += len(await create_packages(maker, batch, RATE))
+        return created
+
+    assert await asyncio.gather(*(writer(seed) for seed in range(4))) == [rounds * size] * 4
+    async with maker() as db:
+        rows = (await db.execute(select(Package.session_id, func.count()).group_by(Package.session_id))).all()
+    counted = {row[0]: row[1] for row in rows}
+    assert await package_changes(maker, *sessions) == [counted.get(s, 0) for s in sessions]

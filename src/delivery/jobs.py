@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from delivery.db import utcnow
 from delivery.errors import RegistrationImpossible, ServiceUnavailable
-from delivery.models import MONEY_RUB, CostCalculation, DailyCostTotal, Package, PackageType
+from delivery.models import MONEY_RUB, ClientSession, CostCalculation, DailyCostTotal, Package, PackageType
 from delivery.rates import Rate, RateCache
 from delivery.registration import RegistrationJob
 from delivery.store import KeyValue
@@ -86,6 +86,12 @@ async def record_pricing_run(store: KeyValue, *, outcome: str, priced: int) -> N
 _PACKAGE_IDS = select(Package.registration_id, Package.id).where(
     Package.registration_id.in_(bindparam("registration_ids", expanding=True))
 )
+_LOCK_SESSIONS = (
+    select(ClientSession.id)
+    .where(ClientSession.id.in_(bindparam("session_ids", expanding=True)))
+    .order_by(ClientSession.id)
+    .with_for_update()
+)
 
 
 async def create_packages(
@@ -146,6 +152,11 @@ async def _insert_packages(
             # Core statements on the session's connection: rows of plain values need none of the ORM's
             # bulk layer (its per-row bookkeeping cost more than the statement).
             conn = await db.connection()
+            # The sessions' rows first, in id order: each package's insert share-locks its session's row
+            # (the foreign key) and its trigger then updates the row (`package_changes`); two batches of one
+            # session that both held the shared lock would each wait for the other's. Locked here, a second
+            # batch waits at this statement instead.
+            await conn.execute(_LOCK_SESSIONS, {"session_ids": sorted({job.session_id for job in jobs})})
             created = await _insert_returning_ids(conn, rows, list(new))
             ids |= created
             if rate is not None:
