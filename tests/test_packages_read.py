@@ -5,11 +5,11 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -59,34 +59,38 @@ def assert_error_names(response: httpx.Response, location: list[str]) -> None:
     assert any(error["loc"] == location for error in detail), detail
 
 
+T = TypeVar("T")
+
+
 def app_engine(client: httpx.AsyncClient) -> Engine:
     engine: Engine = client.app.state.resources.engine.sync_engine  # type: ignore[attr-defined]
     return engine
 
 
 @contextmanager
-def statements(client: httpx.AsyncClient) -> Iterator[list[str]]:
-    """The SQL statements the app's engine sends while the block runs."""
-    with executed(client) as seen_with_parameters:
-        seen: list[str] = []
-        yield seen
-    seen.extend(statement for statement, _ in seen_with_parameters)
-
-
-@contextmanager
-def executed(client: httpx.AsyncClient) -> Iterator[list[tuple[str, Any]]]:
-    """The SQL statements the app's engine sends while the block runs, with their parameters."""
+def recorded(client: httpx.AsyncClient, entry: Callable[[str, Any], T]) -> Iterator[list[T]]:
+    """`entry(statement, parameters)` of each SQL statement the app's engine sends while the block runs."""
     engine = app_engine(client)
-    seen: list[tuple[str, Any]] = []
+    seen: list[T] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
+        seen.append(entry(statement, parameters))
 
     event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def statements(client: httpx.AsyncClient) -> AbstractContextManager[list[str]]:
+    """The SQL statements the app's engine sends while the block runs."""
+    return recorded(client, lambda statement, _: statement)
+
+
+def executed(client: httpx.AsyncClient) -> AbstractContextManager[list[tuple[str, Any]]]:
+    """The SQL statements the app's engine sends while the block runs, with their parameters."""
+    return recorded(client, lambda statement, parameters: (statement, parameters))
 
 
 # --- the shape of a package ---

@@ -159,22 +159,22 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 WARM_UP_TIMEOUT = 2.0
 
 
+async def _reach_backends(rt: Runtime) -> None:
+    """A round trip to the database and one to the store; raises if either fails (the caller bounds it)."""
+    async with rt.engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")
+    await rt.store.ping()
+
+
 @worker_process_init.connect
 def _warm_up(**_: Any) -> None:
     """Open a pool process's database and store connections before its first batch, so the first
     registrations after a start do not wait for them. A service down now only delays that to the first
     batch, which retries as always."""
 
-    async def connect() -> None:
-        rt = runtime()
-        async with asyncio.timeout(WARM_UP_TIMEOUT):
-            async with rt.engine.connect() as conn:
-                await conn.exec_driver_sql("SELECT 1")
-            await rt.store.ping()
-
     started = time.monotonic()
     try:
-        run(connect())
+        run(asyncio.wait_for(_reach_backends(runtime()), WARM_UP_TIMEOUT))
     except Exception as exc:
         logger.warning("pool process not warmed up pid=%s error=%r", os.getpid(), exc)
     else:
@@ -298,9 +298,7 @@ async def _answers(rt: Runtime) -> bool:
     """Whether the database and the store both answer now."""
     try:
         async with asyncio.timeout(RECOVERY_PROBE_TIMEOUT):
-            async with rt.engine.connect() as conn:
-                await conn.exec_driver_sql("SELECT 1")
-            await rt.store.ping()
+            await _reach_backends(rt)
     except Exception:
         return False
     return True
