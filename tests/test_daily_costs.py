@@ -1,6 +1,7 @@
 """Daily cost totals: what the pricing jobs log, and what GET /admin/stats/daily-costs/ sums from it."""
 
 import asyncio
+import random
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -14,7 +15,8 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from delivery.jobs import create_package, price_pending
+from delivery import jobs
+from delivery.jobs import create_package, create_packages, price_pending
 from delivery.models import CostCalculation, Package, PackageCount
 from delivery.rates import Rate
 from delivery.registration import RegistrationJob
@@ -301,10 +303,16 @@ async def test_overlapping_runs_on_one_day_keep_the_total(
 
 
 async def test_overlapping_runs_across_sessions_keep_every_count(
-    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker, stack: Stack
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    maker: Maker,
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Packages of many sessions interleaved: three runs update the same sessions' package counts in package
-    order; MariaDB may roll a batch back as a deadlock victim, it is claimed again, and nothing is lost."""
+    """Packages of many sessions interleaved: three runs update the same sessions' package counts; each locks
+    its batch's sessions in id order first, so none is a deadlock's victim (no retry allowed here), and
+    nothing is lost."""
+    monkeypatch.setattr(jobs, "DEADLOCK_RETRIES", 1)
     sessions = [(await add_session(maker))[0] for _ in range(6)]
     count = 240
     specs: list[Spec] = [(1 + i % 3, f"{1 + i % 5}.{i:03d}", f"{i}.{i % 100:02d}") for i in range(count)]
@@ -326,6 +334,49 @@ async def test_overlapping_runs_across_sessions_keep_every_count(
     for row in counts:
         by_cost[row.has_cost] += row.packages
     assert (by_cost[True], by_cost[False]) == (count, 0), counts
+
+
+async def test_pricing_runs_and_registration_batches_at_once_never_deadlock(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], maker: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pricing runs and registration batches of the same sessions at once, as beat and a worker's pool do:
+    none is chosen as a deadlock's victim (no retry allowed here), every package priced exactly once."""
+    monkeypatch.setattr(jobs, "DEADLOCK_RETRIES", 1)
+    sessions = [(await add_session(maker))[0] for _ in range(6)]
+    unpriced: list[Spec] = [(1 + i % 3, f"{1 + i % 5}.{i:03d}", f"{i}.{i % 100:02d}") for i in range(120)]
+    for i, spec in enumerate(
+        unpriced
+    ):  # consecutive ids in sessions of falling ids: package order is not theirs
+        await add_unpriced_packages(maker, sessions[-1 - i % len(sessions)], [spec])
+
+    async def writer(seed: int) -> list[Spec]:
+        chooser = random.Random(seed)
+        written: list[Spec] = []
+        for _ in range(15):
+            specs = [(chooser.randint(1, 3), "1.500", f"{chooser.randint(1, 999)}.00") for _ in range(6)]
+            rate = RATE1 if chooser.random() < 0.5 else None
+            await create_packages(
+                maker,
+                [registration(chooser.choice(sessions), spec) for spec in specs],
+                rate,
+                clock=fixed(at(DAY1)),
+            )
+            written += specs
+        return written
+
+    async def pricer() -> None:
+        for _ in range(10):
+            await price_pending(maker, RATE1, batch_size=4, clock=fixed(at(DAY1)))
+
+    writers = asyncio.gather(*(writer(seed) for seed in range(3)))
+    outcomes, _ = await asyncio.gather(writers, asyncio.gather(pricer(), pricer()))
+    await price_pending(maker, RATE1, clock=fixed(at(DAY1)))  # what registered after the last run
+    registered = [spec for written in outcomes for spec in written]
+    log = await cost_log(maker)
+    assert len(log) == len({row.package_id for row in log}) == len(unpriced) + len(registered)
+    assert await daily(client, admin_headers, DAY1) == expected(
+        DAY1, [(t, cost(w, v, RATE1.usd_rub)) for t, w, v in [*unpriced, *registered]]
+    )
 
 
 async def test_each_calculation_is_logged(maker: Maker) -> None:

@@ -247,8 +247,8 @@ async def price_pending(
                 batch = await _price_batch(maker, rate, after=last_id, size=batch_size, clock=clock)
                 break
             except DBAPIError as exc:
-                # Two runs at once update the package counts of shared sessions in package order: MariaDB
-                # may roll one batch back as a deadlock victim. That batch is simply claimed again.
+                # Sessions' rows are locked in one order, but a deadlock victim (from a lock this code does
+                # not order, or another writer's) loses only its batch: it is simply claimed again.
                 if not _is_deadlock(exc) or attempt == DEADLOCK_RETRIES:
                     raise
                 logger.warning("pricing batch deadlocked, claiming it again attempt=%s", attempt)
@@ -272,7 +272,9 @@ async def _price_batch(
             # Take SQLite's write lock before the claim, so overlapping runs claim in turn.
             await db.execute(text("BEGIN IMMEDIATE"))
         claim = (
-            select(Package.id, Package.type_id, Package.weight_kg, Package.content_value_usd)
+            select(
+                Package.id, Package.session_id, Package.type_id, Package.weight_kg, Package.content_value_usd
+            )
             .where(Package.has_cost == false(), Package.id > after)
             .order_by(Package.id)
             .limit(size)
@@ -281,6 +283,10 @@ async def _price_batch(
         rows = (await db.execute(claim)).all()
         if not rows:
             return None
+        # The sessions' rows before the update, in id order, as a registration batch locks them: the update's
+        # triggers would otherwise lock them in package order, and a batch holding one of them (waiting for
+        # another this run holds) and this run would wait for each other.
+        await db.execute(_LOCK_SESSIONS, {"session_ids": sorted({row.session_id for row in rows})})
         now = clock()
         costs = {
             row.id: (row.type_id, compute_cost(row.weight_kg, row.content_value_usd, rate.usd_rub))
