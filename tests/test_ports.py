@@ -1,4 +1,4 @@
-"""The ports the test and bench stacks give their servers (API processes, RabbitMQ nodes, the bank)."""
+"""The ports the test and bench stacks give the servers they start (API processes, RabbitMQ nodes)."""
 
 import socket
 from pathlib import Path
