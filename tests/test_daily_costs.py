@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import jobs
 from delivery.jobs import create_package, create_packages, price_pending
-from delivery.models import CostCalculation, Package, PackageCount
+from delivery.models import ClientSession, CostCalculation, Package, PackageCount
 from delivery.rates import Rate
 from delivery.registration import RegistrationJob
 from tests.factories import add_session, add_unpriced_packages
@@ -376,6 +376,66 @@ async def test_pricing_runs_and_registration_batches_at_once_never_deadlock(
     assert len(log) == len({row.package_id for row in log}) == len(unpriced) + len(registered)
     assert await daily(client, admin_headers, DAY1) == expected(
         DAY1, [(t, cost(w, v, RATE1.usd_rub)) for t, w, v in [*unpriced, *registered]]
+    )
+
+
+async def waiting_for_sessions(maker: Maker) -> int:
+    """How many connections to this test's database are in the middle of locking sessions' rows (the
+    statement a registration batch and a pricing batch lock them with), as MariaDB's process list shows."""
+    async with maker() as db:
+        waiting = text(
+            "SELECT COUNT(*) FROM information_schema.processlist WHERE db = DATABASE() AND command = 'Query'"
+            " AND info LIKE 'SELECT sessions.id%FOR UPDATE'"
+        )
+        return int(await db.scalar(waiting) or 0)
+
+
+async def until_waiting(maker: Maker, count: int, stack: Stack) -> None:
+    if stack.name != "real":
+        await asyncio.sleep(0.5)  # SQLite's writers wait in their busy handler, out of sight
+        return
+    deadline = time.monotonic() + 10
+    while await waiting_for_sessions(maker) < count:
+        assert time.monotonic() < deadline, f"{count} transaction(s) never waited for the session's row"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_pricing_run_and_a_registration_without_a_rate_of_one_session_never_deadlock(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    maker: Maker,
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registration batch without a rate (the bank away for its worker) waits for its session's row, then a
+    pricing run that claimed the session's last unpriced packages waits too. Freed, the batch writes its
+    unpriced package just past the run's claim: a claim that had locked that gap (REPEATABLE READ's next-key
+    lock) would wait for the batch while the batch waited for it."""
+    monkeypatch.setattr(jobs, "DEADLOCK_RETRIES", 1)
+    session_id = (await add_session(maker))[0]
+    unpriced: list[Spec] = [(1, "1.000", "10.00"), (2, "2.500", "20.50")]
+    await add_unpriced_packages(maker, session_id, unpriced)
+    late: Spec = (3, "3.125", "30.75")
+
+    async with maker() as holder:
+        if stack.name == "real":
+            session_row = select(ClientSession.id).where(ClientSession.id == session_id).with_for_update()
+            await holder.execute(session_row)
+        else:
+            await holder.execute(text("BEGIN IMMEDIATE"))
+        registering = asyncio.create_task(
+            create_packages(maker, [registration(session_id, late)], None, clock=fixed(at(DAY1)))
+        )
+        await until_waiting(maker, 1, stack)
+        pricing = asyncio.create_task(price_pending(maker, RATE1, clock=fixed(at(DAY1))))
+        await until_waiting(maker, 2, stack)
+        await holder.commit()
+    await asyncio.wait_for(asyncio.gather(registering, pricing), 30)
+
+    await price_pending(maker, RATE1, clock=fixed(at(DAY1)))  # the late package, if the run did not see it
+    assert len(await cost_log(maker)) == 3
+    assert await daily(client, admin_headers, DAY1) == expected(
+        DAY1, [(t, cost(w, v, RATE1.usd_rub)) for t, w, v in [*unpriced, late]]
     )
 
 

@@ -271,6 +271,12 @@ async def _price_batch(
         if _dialect(db) == "sqlite":
             # Take SQLite's write lock before the claim, so overlapping runs claim in turn.
             await db.execute(text("BEGIN IMMEDIATE"))
+        else:
+            # READ COMMITTED: the claim locks the rows it takes and no gap. Under REPEATABLE READ a claim
+            # that reached the last unpriced package also locked the gap after it, where a registration
+            # batch without a rate writes its packages: the batch, holding its session's row, waited for
+            # the run, and the run for that row.
+            await db.connection(execution_options={"isolation_level": "READ COMMITTED"})
         claim = (
             select(
                 Package.id, Package.session_id, Package.type_id, Package.weight_kg, Package.content_value_usd
