@@ -433,6 +433,11 @@ async def test_price_job_with_the_bank_down_fails_visibly(
         assert (await db.scalars(select(CostCalculation))).all() == []
     run = (await _backlog(client, admin_headers))["last_pricing_run"]
     assert run["outcome"] == "no_rate" and run["priced"] == 0, run
+    # The operators' log: a bank away is expected, said in a warning, no traceback for the run.
+    ours = [line for line in worker.log().splitlines() if task_id in line]
+    assert any("raised expected" in line for line in ours), ours
+    assert not any("raised unexpected" in line for line in ours), ours
+    assert "pricing run without a rate" in worker.log()
 
 
 # --- the backlog ---

@@ -319,20 +319,22 @@ async def _back_after(rt: Runtime, limit: float) -> float | None:
     return None
 
 
-@app.task(name=PRICE_TASK, bind=True, max_retries=PRICE_RETRIES)
+# A bank that is away is expected: `throws` has Celery log such a run's failure in one line, no traceback.
+@app.task(name=PRICE_TASK, bind=True, max_retries=PRICE_RETRIES, throws=(RateUnavailable,))
 def price_pending_packages(self: Task[Any, Any]) -> dict[str, int]:
     """Price every package whose cost is still unknown."""
     rt = runtime()
     try:
         priced = run(jobs.price_now(rt.maker, rt.rates))
-    except RateUnavailable:
+    except RateUnavailable as exc:
         # The run fails visibly (its state says why); the next one tries again.
         metrics.PRICING_RUNS.labels("no_rate").inc()
+        logger.warning("pricing run without a rate, the next run tries again error=%r", exc)
         run(jobs.record_pricing_run(rt.store, outcome="no_rate", priced=0))
         raise
     except TRANSIENT as exc:
-        # The database away, or a deadlock with an overlapping run (both update the package counts of the
-        # sessions they price, in package order): the batches committed stay done, the rest is tried again.
+        # The database away, or a deadlock the batches' ordered locks did not prevent: the batches committed
+        # stay done, the rest is tried again.
         metrics.JOB_RETRIES.labels(PRICE_TASK, "transient").inc()
         logger.warning("pricing job will retry error=%r", exc)
         raise self.retry(countdown=backoff(self.request.retries, cap=PRICE_MAX_BACKOFF), exc=exc) from None
