@@ -285,6 +285,11 @@ async def _price_batch(
             .order_by(Package.id)
             .limit(size)
             .with_for_update(skip_locked=True)
+            # Every claim by the same index, which locks its entry before the row: a claim that went by the
+            # primary key locked rows only, and another run's claim by this index then kept the entries of
+            # rows it skipped locked, which the first run's update of `has_cost` waited for (a deadlock).
+            .with_hint(Package, f"FORCE INDEX ({CLAIM_INDEX})", "mysql")
+            .with_hint(Package, f"FORCE INDEX ({CLAIM_INDEX})", "mariadb")
         )
         rows = (await db.execute(claim)).all()
         if not rows:
@@ -320,6 +325,8 @@ async def _price_batch(
         return result.rowcount, last_id  # type: ignore[attr-defined]
 
 
+#: The packages without a cost, in id order: (has_cost, id).
+CLAIM_INDEX = "ix_packages_has_cost_id"
 #: MySQL/MariaDB's "Deadlock found when trying to get lock; try restarting transaction".
 ER_LOCK_DEADLOCK = 1213
 DEADLOCK_RETRIES = 5
