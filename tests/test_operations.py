@@ -108,6 +108,57 @@ async def test_a_slow_api_process_is_not_killed_by_its_supervisor(stack: Stack) 
         api.stop()
 
 
+async def test_a_killed_api_process_is_replaced_at_once(stack: Stack) -> None:
+    """A process that dies (the kernel kills it for memory) while the supervisor waits for its answer to a
+    ping is started again at once, not after the 30 s that a process that stopped answering is given."""
+    api = ApiProcess(stack, WEB_CONCURRENCY=2).start()
+    try:
+        await wait_until(lambda: len(api.children()) == 2, 30, "two API processes")
+        victim = api.children()[1]
+        os.kill(victim, signal.SIGSTOP)
+        await asyncio.sleep(
+            2
+        )  # the supervisor pings every half second: it is waiting for the victim's answer
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(
+            lambda: victim not in api.children() and len(api.children()) == 2, 10, "the process replaced"
+        )
+        async with httpx.AsyncClient(base_url=api.url) as http:
+            assert (await http.get("/healthz")).status_code == 200
+    finally:
+        api.stop()
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bytes:
+    """One GET on an open connection: its status line ("" if the server closed the connection instead)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+    except asyncio.IncompleteReadError:
+        return b""
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head.split(b"\r\n", 1)[0]
+
+
+async def test_an_idle_connection_outlives_a_client_pools_expiry(api: ApiProcess) -> None:
+    """A client's pool keeps an idle connection for a while (httpx 5 s, aiohttp 15 s, a proxy 60 s) and then
+    sends on it. Were the server to close it at that same moment, the request would fail: the server keeps an
+    idle connection longer than the pools do (75 s), so that moment never comes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    try:
+        assert await _exchange(reader, writer, "/healthz") == b"HTTP/1.1 200 OK"
+        await asyncio.sleep(6)
+        assert await _exchange(reader, writer, "/types/") == b"HTTP/1.1 200 OK"
+    finally:
+        writer.close()
+
+
 async def test_job_lines_carry_the_registration_id(
     customer: httpx.AsyncClient, stack: Stack, start_worker: Callable[..., WorkerProcess]
 ) -> None:

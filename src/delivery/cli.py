@@ -32,7 +32,7 @@ def serve() -> int:
     import uvicorn
 
     settings = get_settings()
-    uvicorn.run(
+    config = uvicorn.Config(
         "delivery.cli:api_process",
         factory=True,
         workers=settings.WEB_CONCURRENCY,
@@ -40,6 +40,9 @@ def serve() -> int:
         # (uvicorn's default is 5 s). A process starting on a busy or CPU-limited machine imports everything
         # afresh and can take longer: with 5 s it would be killed while starting, again and again.
         timeout_worker_healthcheck=30,
+        # Longer than the idle timeout of the clients' and proxies' connection pools: a server that closes an
+        # idle connection at the moment a client reuses it fails that request (uvicorn's 5 s equals httpx's).
+        timeout_keep_alive=settings.KEEP_ALIVE_TIMEOUT,
         host=settings.HOST,
         port=settings.PORT,
         log_config=None,
@@ -47,6 +50,12 @@ def serve() -> int:
         proxy_headers=True,
         timeout_graceful_shutdown=20,
     )
+    if config.workers == 1:
+        uvicorn.Server(config).run()
+    else:
+        from delivery.supervisor import Supervisor
+
+        Supervisor(config, sockets=[config.bind_socket()]).run()
     return 0
 
 

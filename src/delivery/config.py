@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
     WEB_CONCURRENCY: PositiveInt = Field(default_factory=_cpu_count)
+    #: Seconds the API keeps an idle client connection open.
+    KEEP_ALIVE_TIMEOUT: PositiveInt = 75
 
     @field_validator("ADMIN_TOKEN")
     @classmethod
