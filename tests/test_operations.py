@@ -114,7 +114,8 @@ async def test_a_killed_api_process_is_replaced_at_once(stack: Stack) -> None:
     api = ApiProcess(stack, WEB_CONCURRENCY=2).start()
     try:
         await wait_until(lambda: len(api.children()) == 2, 30, "two API processes")
-        victim = api.children()[1]
+        first = api.children()
+        victim = first[1]
         os.kill(victim, signal.SIGSTOP)
         await asyncio.sleep(
             2
@@ -125,6 +126,18 @@ async def test_a_killed_api_process_is_replaced_at_once(stack: Stack) -> None:
         )
         async with httpx.AsyncClient(base_url=api.url) as http:
             assert (await http.get("/healthz")).status_code == 200
+        (replacement,) = set(api.children()) - set(first)
+        warnings = [
+            (line["level"], line["message"])
+            for line in api.json_lines()
+            if line["name"] == "delivery.supervisor"
+        ]
+        assert warnings == [
+            (
+                "WARNING",
+                f"API process {victim} was killed by SIGKILL; process {replacement} started in its place",
+            )
+        ]
     finally:
         api.stop()
 

@@ -6,15 +6,44 @@ child's end of that pipe, so a process that dies while a ping waits for it (kill
 say) never closes the pipe: the ping waits out the whole timeout, and the port is served by one process fewer
 for half a minute. Closing the supervisor's copies of the children's ends, which only the children use,
 makes a dead process's pipe end at once: the ping fails on it, and the process is started again within the
-second.
+second. Each replacement is logged as a warning, with how the process ended.
 """
 
+import logging
+import signal
+import time
+
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
+
+logger = logging.getLogger(__name__)
+
+
+def _ending(process: Process, hung: bool) -> str:
+    code = process.exitcode
+    if hung:
+        return "did not answer the supervisor's ping in time and was killed"
+    if code is not None and code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 class Supervisor(Multiprocess):
     def keep_subprocess_alive(self) -> None:
-        for process in self.processes:
+        before = list(self.processes)
+        for process in before:
             # Every process listed has started (uvicorn lists it after `start`), so it holds its own copy.
             process.child_conn.close()
+        started = time.monotonic()
         super().keep_subprocess_alive()
+        # With the pipes closed, a ping ends at once for a process that is gone; one that lasts the whole
+        # timeout was a live process that did not answer.
+        timed_out = time.monotonic() - started >= self.config.timeout_worker_healthcheck
+        for old, new in zip(before, self.processes, strict=True):
+            if new is not old:
+                logger.warning(
+                    "API process %s %s; process %s started in its place",
+                    old.pid,
+                    _ending(old, timed_out and old.exitcode == -signal.SIGKILL),
+                    new.pid,
+                )
