@@ -1,15 +1,20 @@
-"""The operators' commands `make price` and `make refresh-rate` (`delivery price | refresh-rate`)."""
+"""The operators' commands `make price` and `make refresh-rate` (`delivery price | refresh-rate`), and how
+`delivery serve` ends when the app cannot start."""
 
+import os
 import subprocess
 import sys
 from decimal import Decimal
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from delivery.jobs import compute_cost
 from delivery.models import Package
 from delivery.rates import CACHE_KEY, Rate
 from delivery.store import create_store
+from realstack.net import free_port
 from tests.factories import Maker, add_packages, add_session
 from tests.fakebank import FakeBank
 from tests.helpers import fixture_rate
@@ -83,3 +88,27 @@ async def test_refresh_rate_with_the_bank_down_keeps_the_cached_rate(stack: Stac
     assert result.returncode == 1
     assert "rate not refreshed" in result.stderr
     assert cached is not None and Rate.loads(cached) == kept
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_serve_exits_with_a_failure_when_the_app_cannot_start(tmp_path: Path, processes: int) -> None:
+    """What restarts the API (compose, systemd, an orchestrator) sees that it could not start, with one
+    process or several: uvicorn's startup failure code, not the 0 of a requested stop."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DATABASE_", "REDIS_", "CELERY_", "TEST_"))
+    }
+    # A driver that is not installed: the app's start fails in every process, on every restart.
+    env |= {"DATABASE_URL": "postgresql+psycopg://u:p@127.0.0.1:1/x", "HOST": "127.0.0.1"}
+    env |= {"PORT": str(free_port()), "WEB_CONCURRENCY": str(processes)}
+    ended = subprocess.run(
+        [sys.executable, "-m", "delivery.cli", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ended.returncode == 3, ended.stderr[-3000:]
+    assert "Application startup failed" in ended.stderr

@@ -30,6 +30,7 @@ def api_process() -> "FastAPI":
 
 def serve() -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     settings = get_settings()
     config = uvicorn.Config(
@@ -55,7 +56,10 @@ def serve() -> int:
     else:
         from delivery.supervisor import Supervisor
 
-        Supervisor(config, sockets=[config.bind_socket()]).run()
+        supervisor = Supervisor(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        if supervisor.failed_to_start:
+            return STARTUP_FAILURE
     return 0
 
 

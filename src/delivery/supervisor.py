@@ -7,6 +7,10 @@ say) never closes the pipe: the ping waits out the whole timeout, and the port i
 for half a minute. Closing the supervisor's copies of the children's ends, which only the children use,
 makes a dead process's pipe end at once: the ping fails on it, and the process is started again within the
 second. Each replacement is logged as a warning, with how the process ended.
+
+A process that fails before it serves (the app cannot start: the same on every restart) stops uvicorn's
+supervisor, which then ends as if asked to: `failed_to_start` tells `delivery serve` to exit with uvicorn's
+startup failure code (3) instead, as one process does, so that what restarts the service sees the failure.
 """
 
 import logging
@@ -29,13 +33,18 @@ def _ending(process: Process, hung: bool) -> str:
 
 
 class Supervisor(Multiprocess):
+    failed_to_start = False
+
     def keep_subprocess_alive(self) -> None:
+        stopping = self.should_exit.is_set()
         before = list(self.processes)
         for process in before:
             # Every process listed has started (uvicorn lists it after `start`), so it holds its own copy.
             process.child_conn.close()
         started = time.monotonic()
         super().keep_subprocess_alive()
+        # The only reason uvicorn's check stops the supervisor itself: a process that failed to start.
+        self.failed_to_start = self.failed_to_start or (self.should_exit.is_set() and not stopping)
         # With the pipes closed, a ping ends at once for a process that is gone; one that lasts the whole
         # timeout was a live process that did not answer.
         timed_out = time.monotonic() - started >= self.config.timeout_worker_healthcheck
