@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.load import HttpConnection
 from delivery.api import app as app_module
 from delivery.api import create_app
 from delivery.config import Settings
@@ -142,34 +143,18 @@ async def test_a_killed_api_process_is_replaced_at_once(stack: Stack) -> None:
         api.stop()
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bytes:
-    """One GET on an open connection: its status line ("" if the server closed the connection instead)."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-    await writer.drain()
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
-    except asyncio.IncompleteReadError:
-        return b""
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    await reader.readexactly(length)
-    return head.split(b"\r\n", 1)[0]
-
-
 async def test_an_idle_connection_outlives_a_client_pools_expiry(api: ApiProcess) -> None:
     """A client's pool keeps an idle connection for a while (httpx 5 s, aiohttp 15 s, a proxy 60 s) and then
     sends on it. Were the server to close it at that same moment, the request would fail: the server keeps an
     idle connection longer than the pools do (75 s), so that moment never comes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    # One connection, never opened again: if the server closed it, the request fails (IncompleteReadError).
+    connection = HttpConnection("127.0.0.1", api.port)
     try:
-        assert await _exchange(reader, writer, "/healthz") == b"HTTP/1.1 200 OK"
+        assert (await connection.request("GET", "/healthz", {}))[0] == 200
         await asyncio.sleep(6)
-        assert await _exchange(reader, writer, "/types/") == b"HTTP/1.1 200 OK"
+        assert (await connection.request("GET", "/types/", {}))[0] == 200
     finally:
-        writer.close()
+        await connection.close()
 
 
 async def test_job_lines_carry_the_registration_id(
