@@ -32,7 +32,7 @@ async def _accept_but_drop(stack: Stack, session_id: int) -> str:
         return None
 
     status_id = await accept_registration(
-        store, lose, session_id=session_id, data=BODY, idempotency_key_value=None, status_ttl=3600
+        store, lose, session_id=session_id, data=BODY, idempotency_key=None, status_ttl=3600
     )
     await store.close()
     return str(status_id)

@@ -333,6 +333,10 @@ class AmqpPublisher:
             self._send_message, closed=lambda: ConnectionError("the publisher is closed"), limit=PUBLISH_GROUP
         )
 
+    async def connect(self) -> None:
+        """Open the connection now rather than with the first publish."""
+        await self._connect()
+
     async def publish(self, job: RegistrationJob) -> None:
         """Return when `job` is confirmed by the broker, within the deadline; raise otherwise."""
         await self._groups.submit(job, within=self._timeout)

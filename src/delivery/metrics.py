@@ -63,6 +63,10 @@ HTTP_LATENCY = Histogram(
 )
 API_PROCESSES = Gauge("delivery_api_processes", "API processes serving", multiprocess_mode="livesum")
 REGISTRATIONS_ACCEPTED = Counter("delivery_registrations_accepted_total", "Registrations answered 202")
+REGISTRATIONS_WITHDRAWN = Counter(
+    "delivery_registrations_withdrawn_total",
+    "Registrations withdrawn by the request that stored them, which was then answered 503",
+)
 REGISTRATIONS_DONE = Counter(
     "delivery_registrations_total", "Registration jobs finished", ["outcome"]
 )  # outcome: registered, registered_without_cost, failed

@@ -5,11 +5,17 @@ The API and the worker share this module; neither imports the other.
 
 1. `accept_registration` (API): one store round trip writes the pending status (with the job inside, for
    recovery) and claims the Idempotency-Key; then the job is published, confirmed by the broker; then 202.
-2. `register_batch` (worker): for up to a batch of jobs, one rate read, one transaction that creates every
-   package with its cost, cost log and daily totals (`jobs.create_packages`), then one store round trip that
-   writes every outcome. The broker's messages are acknowledged after that returns.
+   A job the broker did not confirm in time may still reach it: the request withdraws its registration (its
+   fate key marked withdrawn) before answering 503, and a worker skips a withdrawn job.
+2. `register_batch` (worker): takes its jobs (their fate keys marked taken, the withdrawn ones left out);
+   for the rest, one rate read, one transaction that creates every package with its cost, cost log and daily
+   totals (`jobs.create_packages`), then one store round trip that writes every outcome. The broker's
+   messages are acknowledged after that returns.
 3. `recover_pending` (beat): a pending registration untouched for a long while, with no job waiting in the
    queue, lost its job: it is published again from its status.
+
+Withdrawing and taking are one race in the store, decided by whichever writes the fate key first: a request
+whose registration was taken answers 202, since that job is registered whatever the broker said.
 """
 
 import hashlib
@@ -42,6 +48,9 @@ PENDING_INDEX = "registrations:pending"
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7f0e-2b8a-4d59-9a43-1f4e8c2d7b90")
 #: Transient failures are tried again, backing off (with full jitter) up to this many seconds.
 MAX_BACKOFF = 60.0
+#: How long a registration stays marked taken: longer than any request that stored it may still try to
+#: withdraw it (its publish deadline and a store round trip).
+TAKEN_TTL = 600.0
 
 #: What may pass by itself: a backing service away or overloaded, a deadlock, a pool or a deadline exhausted.
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -58,7 +67,13 @@ def status_key(status_id: uuid.UUID | str) -> str:
     return f"status:{status_id}"
 
 
-def idempotency_key(session_id: int, key: str) -> str:
+def fate_key(registration_id: uuid.UUID | str) -> str:
+    """Whether a registration was taken (by a worker, or by a request answered 202) or withdrawn."""
+    return f"fate:{registration_id}"
+
+
+def claim_key(session_id: int, key: str) -> str:
+    """The key that holds which registration a session's Idempotency-Key names."""
     return f"idem:{session_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
@@ -148,22 +163,20 @@ async def accept_registration(
     *,
     session_id: int,
     data: PackageCreate,
-    idempotency_key_value: str | None,
+    idempotency_key: str | None,
     status_ttl: int,
 ) -> uuid.UUID:
-    """Store a pending status and publish the job; a 202 may follow only when both are done.
+    """Store a pending status and publish the job; the registration id once it will be registered.
 
-    With an Idempotency-Key whose registration is stored, that registration is the answer; while it is
-    still pending its job is published once more (harmless: one package per registration id), since the
-    request that stored it may yet fail to publish and take its status back.
+    Raises ServiceUnavailable (a 503) only when nothing of this request can be registered any more: its
+    registration withdrawn, or never stored. With an Idempotency-Key whose registration is stored, that
+    registration is the answer (see `_join`).
     """
-    status_id = (
-        uuid.uuid4()
-        if idempotency_key_value is None
-        else keyed_registration_id(session_id, idempotency_key_value, data)
+    registration_id = (
+        uuid.uuid4() if idempotency_key is None else keyed_registration_id(session_id, idempotency_key, data)
     )
     job = RegistrationJob(
-        registration_id=str(status_id),
+        registration_id=str(registration_id),
         session_id=session_id,
         name=data.name,
         weight_kg=str(data.weight_kg),
@@ -171,39 +184,120 @@ async def accept_registration(
         content_value_usd=str(data.content_value_usd),
         accepted_at=time.time(),
     )
-    claim = None if idempotency_key_value is None else idempotency_key(session_id, idempotency_key_value)
-    held = await store.put_pending(
-        status_key(status_id),
-        StatusRecord(session_id, "pending", job=job.to_json()).dumps(),
-        ttl=status_ttl,
-        index=PENDING_INDEX,
-        member=str(status_id),
-        score=job.accepted_at,
-        claim=claim,
+    attempt = _Attempt(
+        store, job, None if idempotency_key is None else claim_key(session_id, idempotency_key)
     )
-    if held is not None:
+    for _ in range(2):
+        held = await attempt.store_pending(status_ttl)
+        if held is None:
+            return await attempt.publish_or_withdraw(publish, status_ttl)
+        held_id, record = held
+        if record.state != "pending" or record.job is None or await _join(store, publish, held_id, record):
+            return held_id
+        # Withdrawn by the request that stored it, after this one's job was confirmed: stored again.
+    raise ServiceUnavailable("store")
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One request's attempt at a registration: its status stored, its job published, or withdrawn."""
+
+    store: Store
+    job: RegistrationJob
+    claim: str | None
+
+    async def store_pending(self, status_ttl: int) -> tuple[uuid.UUID, StatusRecord] | None:
+        """Store the pending status (None), or find the registration the claim holds (its id and record)."""
+        registration_id = self.job.registration_id
+        try:
+            held = await self.store.put_pending(
+                status_key(registration_id),
+                StatusRecord(self.job.session_id, "pending", job=self.job.to_json()).dumps(),
+                ttl=status_ttl,
+                index=PENDING_INDEX,
+                member=registration_id,
+                score=self.job.accepted_at,
+                fate=fate_key(registration_id),
+                claim=self.claim,
+            )
+        except ServiceUnavailable:
+            # The status may have been written before the answer was lost: withdrawn, so that recovery
+            # never publishes it. Withdrawn or not, nothing was published: still the 503.
+            await self.withdraw(status_ttl)
+            raise
+        if held is None:
+            return None
         held_key, raw = held
-        record = StatusRecord.loads(raw)
-        if record.state == "pending" and record.job is not None:
-            await _publish_or_unavailable(publish, RegistrationJob.from_json(record.job))
-        return uuid.UUID(held_key.removeprefix(status_key("")))
-    try:
-        await _publish_or_unavailable(publish, job)
-    except ServiceUnavailable:
-        await store.drop_pending(
-            status_key(status_id), index=PENDING_INDEX, member=str(status_id), claim=claim
+        return uuid.UUID(held_key.removeprefix(status_key(""))), StatusRecord.loads(raw)
+
+    async def publish_or_withdraw(self, publish: Publisher, status_ttl: int) -> uuid.UUID:
+        registration_id = uuid.UUID(self.job.registration_id)
+        try:
+            await _publish_or_unavailable(publish, self.job)
+        except ServiceUnavailable:
+            if await self.withdraw(status_ttl) is not False:
+                # Withdrawn: nothing of this request will be registered.
+                raise
+            logger.warning(
+                "registration kept although its publish failed registration_id=%s: already taken",
+                registration_id,
+            )
+        metrics.REGISTRATIONS_ACCEPTED.inc()
+        logger.info(
+            "registration accepted registration_id=%s session_id=%s", registration_id, self.job.session_id
         )
-        raise
-    metrics.REGISTRATIONS_ACCEPTED.inc()
-    logger.info("registration accepted status_id=%s session_id=%s", status_id, session_id)
-    return status_id
+        return registration_id
+
+    async def withdraw(self, status_ttl: int) -> bool | None:
+        """True: withdrawn; False: taken already, it will be registered; None: the store did not answer, so
+        the status (if it was written) stays pending and recovery publishes its job."""
+        registration_id = self.job.registration_id
+        try:
+            withdrawn = await self.store.withdraw(
+                status_key(registration_id),
+                fate=fate_key(registration_id),
+                ttl=status_ttl,
+                index=PENDING_INDEX,
+                member=registration_id,
+                claim=self.claim,
+            )
+        except ServiceUnavailable as exc:
+            logger.warning(
+                "registration could not be withdrawn registration_id=%s error=%r", registration_id, exc
+            )
+            return None
+        if withdrawn:
+            metrics.REGISTRATIONS_WITHDRAWN.inc()
+            logger.info("registration withdrawn registration_id=%s", registration_id)
+        return withdrawn
+
+
+async def _join(store: Store, publish: Publisher, registration_id: uuid.UUID, record: StatusRecord) -> bool:
+    """A second request for a pending registration (its Idempotency-Key's): whether it will be registered.
+
+    Its job is published again (its first request may still fail to), then the registration is taken, so
+    that its first request can no longer withdraw it: from then on it is registered, with the job of either
+    request or, both lost, the job recovery publishes from the pending status. False when the first request
+    withdrew it first.
+    """
+    assert record.job is not None
+    try:
+        await _publish_or_unavailable(publish, RegistrationJob.from_json(record.job))
+    except ServiceUnavailable:
+        confirmed = False
+    else:
+        confirmed = True
+    (taken,) = await store.take([fate_key(registration_id)], ttl=TAKEN_TTL)
+    if not taken and not confirmed:
+        raise ServiceUnavailable("broker")
+    return taken
 
 
 async def _publish_or_unavailable(publish: Publisher, job: RegistrationJob) -> None:
     try:
         await publish(job)
     except Exception as exc:
-        logger.warning("registration not published status_id=%s error=%r", job.registration_id, exc)
+        logger.warning("registration not published registration_id=%s error=%r", job.registration_id, exc)
         raise ServiceUnavailable("broker") from exc
 
 
@@ -262,8 +356,12 @@ async def register_batch(
 
     Returns the jobs to try again later: those waiting for the bank while their retry window is open.
     Transient failures propagate (the caller tries the whole batch again later); any other failure is
-    narrowed down to the job that causes it, which ends `failed` with the error's message.
+    narrowed down to the job that causes it, which ends `failed` with the error's message. A job whose
+    registration was withdrawn is left out, and nothing is written for it.
     """
+    batch = await _take(store, batch)
+    if not batch:
+        return []
     await store.index_touch(PENDING_INDEX, [job.registration_id for job in batch], time.time())
     rate: Rate | None
     later: list[Retry] = []
@@ -291,6 +389,16 @@ async def register_batch(
     if now_batch:
         await _create_and_record(maker, store, now_batch, rate, create_packages)
     return later
+
+
+async def _take(store: Store, batch: Sequence[RegistrationJob]) -> list[RegistrationJob]:
+    """The jobs of `batch` whose registrations are now taken: every one but those withdrawn."""
+    taken = await store.take([fate_key(job.registration_id) for job in batch], ttl=TAKEN_TTL)
+    for job, ok in zip(batch, taken, strict=True):
+        if not ok:
+            with logs.about_registrations(job.registration_id):
+                logger.info("registration withdrawn, job skipped registration_id=%s", job.registration_id)
+    return [job for job, ok in zip(batch, taken, strict=True) if ok]
 
 
 async def _create_and_record(

@@ -203,7 +203,7 @@ async def _accept(
         resources.publish,
         session_id=session_id,
         data=data,
-        idempotency_key_value=idempotency_key,
+        idempotency_key=idempotency_key,
         status_ttl=resources.settings.STATUS_TTL,
     )
     return RegistrationAccepted(status_id=status_id)
