@@ -28,6 +28,7 @@ from delivery.grouping import Grouped
 from delivery.registration import (
     PENDING_INDEX,
     TAKEN_TTL,
+    WITHDRAW_RETRY_EVERY,
     RegistrationJob,
     StatusRecord,
     accept_registration,
@@ -36,7 +37,7 @@ from delivery.registration import (
     status_key,
 )
 from delivery.schemas import PackageCreate
-from delivery.store import Store, create_store
+from delivery.store import RedisStore, Store, create_store
 from realstack.delayproxy import DelayProxy
 from tests.factories import Maker, open_session
 from tests.helpers import package_count, packages_by_registration, wait_done, wait_until
@@ -330,3 +331,40 @@ class TestGroupDeadlines:
         results, answered = await self.outcomes(send_takes=5.0, withins=[1.5, 2.0])
         assert all(isinstance(r, TimeoutError) for r in results)
         assert answered < 4.0
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # a reply lost on its way needs a network
+async def test_a_status_stored_while_its_answer_was_lost_is_withdrawn_once_the_store_answers(
+    stack: Stack, customer: httpx.AsyncClient, store: Store, maker: Maker
+) -> None:
+    """Redis wrote the pending status but its answer never came back (held past the client's timeout, and
+    the withdrawal's too): the request answers 503, and withdraws the registration once Redis answers
+    again, before recovery would publish it from its status."""
+    stack.stop_shared_worker()
+    session_id = await open_session(customer)
+    redis_url = str(stack.settings.REDIS_URL)
+    proxy = DelayProxy(urlsplit(redis_url).port or 6379).start()
+    slow = RedisStore(proxy.url(redis_url))
+    publish, close = publish_on(stack)
+    try:
+        await slow.get("warm")  # connected while the proxy lets answers through
+        with proxy.holding(60.0):
+            with pytest.raises(ServiceUnavailable):
+                await accept(slow, publish, session_id)
+
+        async def withdrawn() -> bool:
+            return await store.index_below(PENDING_INDEX, time.time() + 60, 10) == []
+
+        await wait_until(withdrawn, 2 * WITHDRAW_RETRY_EVERY + 10, "the registration withdrawn")
+
+        async def queued() -> int:
+            return 0
+
+        assert await registration.recover_pending(store, publish, queued, older_than=0) == 0
+    finally:
+        close()
+        await slow.close()
+        proxy.stop()
+    stack.shared_worker()
+    await asyncio.sleep(2)
+    assert await package_count(maker) == 0

@@ -18,13 +18,14 @@ Withdrawing and taking are one race in the store, decided by whichever writes th
 whose registration was taken answers 202, since that job is registered whatever the broker said.
 """
 
+import asyncio
 import hashlib
 import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -51,6 +52,12 @@ MAX_BACKOFF = 60.0
 #: How long a registration stays marked taken: longer than any request that stored it may still try to
 #: withdraw it (its publish deadline and a store round trip).
 TAKEN_TTL = 600.0
+#: A request that could neither store its registration for sure nor withdraw it tries to withdraw it again,
+#: this often, for this long: less than recovery's grace (`worker.recovery_grace`), which would publish it.
+WITHDRAW_RETRY_EVERY = 1.0
+WITHDRAW_RETRY_FOR = 60.0
+#: Those withdrawals, running after their requests were answered.
+_background: set["asyncio.Task[None]"] = set()
 
 #: What may pass by itself: a backing service away or overloaded, a deadlock, a pool or a deadline exhausted.
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -222,8 +229,10 @@ class _Attempt:
             )
         except ServiceUnavailable:
             # The status may have been written before the answer was lost: withdrawn, so that recovery
-            # never publishes it. Withdrawn or not, nothing was published: still the 503.
-            await self.withdraw(status_ttl)
+            # never publishes it; while the store does not answer, again in the background, well within
+            # recovery's grace. Nothing was published: the 503 stands.
+            if await self.withdraw(status_ttl) is None:
+                _in_background(self.withdraw_until_done(status_ttl))
             raise
         if held is None:
             return None
@@ -248,6 +257,18 @@ class _Attempt:
         )
         return registration_id
 
+    async def withdraw_until_done(self, status_ttl: int) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + WITHDRAW_RETRY_FOR
+        while loop.time() < give_up:
+            await asyncio.sleep(WITHDRAW_RETRY_EVERY)
+            if await self.withdraw(status_ttl) is not None:
+                return
+        logger.error(
+            "registration refused but not withdrawn registration_id=%s: recovery may still register it",
+            self.job.registration_id,
+        )
+
     async def withdraw(self, status_ttl: int) -> bool | None:
         """True: withdrawn; False: taken already, it will be registered; None: the store did not answer, so
         the status (if it was written) stays pending and recovery publishes its job."""
@@ -270,6 +291,12 @@ class _Attempt:
             metrics.REGISTRATIONS_WITHDRAWN.inc()
             logger.info("registration withdrawn registration_id=%s", registration_id)
         return withdrawn
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 async def _join(store: Store, publish: Publisher, registration_id: uuid.UUID, record: StatusRecord) -> bool:
