@@ -152,15 +152,29 @@ async def test_type_id_documents_the_existing_types(client: httpx.AsyncClient, s
 
 
 async def test_allow_lists_every_method_of_the_path(client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
-    """A method a path does not take is 405, and `Allow` names all the methods it takes."""
+    """A method a path does not take is 405, and `Allow` names exactly the methods the document gives it:
+    no route shadows another (a task id is a UUID, so /admin/jobs/price-packages/ is no job's path)."""
     for path, operations in spec["paths"].items():
-        url = path.format(package_id=1, status_id=uuid.uuid4(), task_id="some-task")
+        url = path.format(package_id=1, status_id=uuid.uuid4(), task_id=uuid.uuid4())
         response = await client.options(url)
         assert response.status_code == 405, (path, response.text)
         allowed = {method.strip() for method in response.headers["Allow"].split(",")}
-        # Superset: /admin/jobs/price-packages/ is also /admin/jobs/{task_id}/, which takes GET.
-        assert allowed >= {method.upper() for method in operations}, path
+        assert allowed == {method.upper() for method in operations}, path
         assert response.json() == {"detail": "Method Not Allowed"}
+
+
+async def test_a_task_id_is_a_uuid(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
+    """`GET /admin/jobs/price-packages/` is no job's state but a method the path does not take; an id that
+    is not a UUID names no job."""
+    shadowed = await client.get("/admin/jobs/price-packages/", headers=admin_headers)
+    assert shadowed.status_code == 405, shadowed.text
+    assert shadowed.headers["Allow"] == "POST"
+    for task_id in ("some-task", "1", uuid.uuid4().hex[:-1]):
+        response = await client.get(f"/admin/jobs/{task_id}/", headers=admin_headers)
+        assert response.status_code == 404, (task_id, response.text)
+    known = uuid.uuid4()
+    response = await client.get(f"/admin/jobs/{str(known).upper()}/", headers=admin_headers)
+    assert response.status_code == 200 and response.json()["task_id"] == str(known), response.text
 
 
 async def test_documented_error_bodies_are_the_ones_sent(

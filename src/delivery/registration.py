@@ -279,9 +279,10 @@ async def register_batch(
             if remaining > 0:
                 later.append(Retry(job, min(backoff(retries), remaining)))
             else:
-                logger.warning(
-                    "registering without a cost registration_id=%s reason=%s", job.registration_id, exc
-                )
+                with logs.about_registrations(job.registration_id):
+                    logger.warning(
+                        "registering without a cost registration_id=%s reason=%s", job.registration_id, exc
+                    )
                 now_batch.append(job)
         if later:
             metrics.JOB_RETRIES.labels("packages.register", "rate").inc(len(later))

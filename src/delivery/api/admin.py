@@ -1,3 +1,4 @@
+import uuid
 from datetime import date
 from typing import Annotated, Any
 
@@ -8,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from delivery import service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
-from delivery.api.responses import ADMIN, CONFLICT, PACKAGE_NOT_FOUND
+from delivery.api.responses import ADMIN, CONFLICT, JOB_NOT_FOUND, PACKAGE_NOT_FOUND
 from delivery.api.routing import DecimalRoute
 from delivery.broker import PRICE_TASK
 from delivery.errors import ServiceUnavailable
@@ -105,8 +106,10 @@ async def price_packages(resources: ResourcesDep) -> JobAccepted:
     return JobAccepted(task_id=result.id)
 
 
-@router.get("/admin/jobs/{task_id}/")
-async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
+# Celery's task ids are UUIDs: the path takes nothing else, so it never shadows another route of
+# /admin/jobs/ (`price-packages` is not a task id), and any other id names no job.
+@router.get("/admin/jobs/{task_id:uuid}/", responses=JOB_NOT_FOUND)
+async def job_state(task_id: uuid.UUID, resources: ResourcesDep) -> JobState:
     """A job's state and result, from Celery's result backend."""
     backend = resources.celery.backend
     # Seconds an operator waits for the backend before a 503: a silent Redis otherwise holds the request
@@ -117,10 +120,10 @@ async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
         # One attempt: `AsyncResult.state` retries a failed read with backoff for minutes (the worker's
         # result_backend_always_retry, there so its result writes survive a Redis restart). Both backends
         # configured here (Redis, the embedded folder) are key-value backends, which have this single read.
-        meta = backend._get_task_meta_for(task_id)  # type: ignore[attr-defined]
+        meta = backend._get_task_meta_for(str(task_id))  # type: ignore[attr-defined]
         state, value = meta["status"], meta["result"]
         return JobState(
-            task_id=task_id,
+            task_id=str(task_id),
             state=state,
             result=value if state == "SUCCESS" and isinstance(value, dict) else None,
             error=repr(value) if state == "FAILURE" else None,
