@@ -1,9 +1,13 @@
 """`/metrics`: what operators graph, from the API and (through the shared directory) from the worker."""
 
 import asyncio
+import fcntl
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -142,3 +146,39 @@ async def test_a_killed_api_process_leaves_no_stale_gauge(stack: Stack, tmp_path
     finally:
         api.stop()
     assert sorted(path.name for path in shared.glob("gauge_live*")) == [], "a stopped process left its gauge"
+
+
+#: A process starting as an API process does: it claims its identity once told to, then says so.
+_STARTING = """
+import sys
+from delivery import metrics
+sys.stdin.readline()
+metrics.start_api_process()
+print("started", flush=True)
+"""
+
+
+def test_a_starting_process_waits_for_a_sweep_that_holds_its_lock(tmp_path: Path) -> None:
+    """Pids repeat (pid 1 in every container): the lock file of a dead process can carry the identity a new
+    process starts with, and another process's sweep holds that lock while it removes the dead one's
+    gauges. The new process waits for it, rather than dying at start."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STARTING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        # The lock of the identity the child has, held as `metrics.sweep_dead_processes` holds it.
+        with (shared / f"{_identity(child.pid)}.lock").open("a") as sweeping:
+            fcntl.flock(sweeping, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            time.sleep(1.0)
+            assert child.poll() is None, "the starting process died while a sweep held its lock"
+        out, _ = child.communicate(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0 and out == "started\n", out
