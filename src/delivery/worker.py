@@ -33,6 +33,7 @@ from delivery.broker import (
     PRICE_TASK,
     RECOVER_TASK,
     REGISTER_TASK,
+    confirming_producer,
     create_celery,
     embedded_broker_file,
     publish_registration,
@@ -314,8 +315,12 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
                 len(batch),
             )
             later = [registration.Retry(job, 0.0) for job in batch]
-    for retry in later:
-        publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1)
+    if later:
+        with confirming_producer(app) as producer:
+            for retry in later:
+                publish_registration(
+                    app, retry.job, countdown=retry.delay, retries=retries + 1, producer=producer
+                )
     return True
 
 
@@ -379,15 +384,19 @@ def recovery_grace(settings: Settings) -> float:
 def recover_pending_registrations(older_than: float | None = None) -> dict[str, int]:
     """Publish again the jobs of registrations untouched for too long (a job lost on its way)."""
     rt = runtime()
-
-    async def publish(job: RegistrationJob) -> None:
-        publish_registration(app, job)
-
-    async def queued() -> int:
-        return await asyncio.to_thread(queued_registrations, app)
-
     grace = recovery_grace(settings) if older_than is None else older_than
-    return {"republished": run(registration.recover_pending(rt.store, publish, queued, older_than=grace))}
+    # Each publish waits for its confirm within the publish timeout: a broker that blocks publishers fails
+    # this run (the next one tries again), rather than holding a pool process.
+    with confirming_producer(app) as producer:
+
+        async def publish(job: RegistrationJob) -> None:
+            publish_registration(app, job, producer=producer)
+
+        async def queued() -> int:
+            return await asyncio.to_thread(queued_registrations, app)
+
+        republished = run(registration.recover_pending(rt.store, publish, queued, older_than=grace))
+    return {"republished": republished}
 
 
 #: Delivered messages the embedded broker keeps longer than this are deleted from its file.

@@ -2,7 +2,9 @@ import uuid
 from datetime import date
 from typing import Annotated, Any
 
+import amqp.exceptions
 import anyio.to_thread
+import kombu.exceptions
 from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +13,7 @@ from delivery import service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
 from delivery.api.responses import ADMIN, CONFLICT, JOB_NOT_FOUND, PACKAGE_NOT_FOUND
 from delivery.api.routing import DecimalRoute
-from delivery.broker import PRICE_TASK
+from delivery.broker import PRICE_TASK, PUBLISH_TIMEOUT, confirming_producer
 from delivery.errors import ServiceUnavailable
 from delivery.schemas import (
     MAX_RANGE_DAYS,
@@ -102,7 +104,25 @@ async def backlog(db: DbSession, resources: ResourcesDep) -> Backlog:
 @router.post("/admin/jobs/price-packages/", status_code=202)
 async def price_packages(resources: ResourcesDep) -> JobAccepted:
     """Run the periodic pricing job now."""
-    result: AsyncResult[Any] = await anyio.to_thread.run_sync(resources.celery.send_task, PRICE_TASK)
+    celery = resources.celery
+
+    def send() -> AsyncResult[Any]:
+        with confirming_producer(celery) as producer:
+            return celery.send_task(
+                PRICE_TASK,
+                producer=producer,
+                retry=False,
+                timeout=PUBLISH_TIMEOUT,
+                confirm_timeout=PUBLISH_TIMEOUT,
+            )
+
+    try:
+        # The publish's own deadlines bound it; this one bounds what they do not (a connection that opens
+        # but never answers), the thread abandoned to them.
+        with anyio.fail_after(2 * PUBLISH_TIMEOUT):
+            result = await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+    except (TimeoutError, OSError, kombu.exceptions.KombuError, amqp.exceptions.AMQPError) as exc:
+        raise ServiceUnavailable("broker") from exc
     return JobAccepted(task_id=result.id)
 
 
