@@ -218,3 +218,40 @@ async def test_docs_page_serves(client: httpx.AsyncClient) -> None:
     response = await client.get("/docs")
     assert response.status_code == 200
     assert "swagger" in response.text.lower()
+
+
+#: Queries of GET /admin/stats/daily-costs/: whether the server takes each one's shape.
+DAILY_COSTS_QUERIES = [
+    ({"date": "2026-01-05"}, True),
+    ({"from": "2026-01-01", "to": "2026-01-31"}, True),
+    ({}, False),
+    ({"to": "2026-01-31"}, False),
+    ({"from": "2026-01-01"}, False),
+    ({"date": "2026-01-05", "from": "2026-01-01", "to": "2026-01-31"}, False),
+]
+
+
+def _documented_shapes(operation: dict[str, Any]) -> list[tuple[set[str], set[str]]]:
+    """The query's documented shapes, each (required names, allowed names): one per `oneOf` branch of an
+    exploded object parameter, or the query parameters themselves."""
+    query = [parameter for parameter in operation["parameters"] if parameter["in"] == "query"]
+    if len(query) == 1 and query[0].get("explode") and "oneOf" in query[0]["schema"]:
+        return [
+            (set(branch["required"]), set(branch["properties"]))
+            for branch in query[0]["schema"]["oneOf"]
+            if branch.get("additionalProperties") is False
+        ]
+    names = {parameter["name"] for parameter in query}
+    return [({parameter["name"] for parameter in query if parameter.get("required")}, names)]
+
+
+async def test_the_daily_costs_query_is_documented_as_the_server_takes_it(
+    client: httpx.AsyncClient, spec: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    """`date`, or `from` with `to`: a query of another shape (`?to=` alone, none at all) is 422, and the
+    document says so rather than offering it as valid."""
+    shapes = _documented_shapes(spec["paths"]["/admin/stats/daily-costs/"]["get"])
+    for query, taken in DAILY_COSTS_QUERIES:
+        documented = any(required <= query.keys() <= allowed for required, allowed in shapes)
+        response = await client.get("/admin/stats/daily-costs/", params=query, headers=admin_headers)
+        assert (documented, response.status_code) == (taken, 200 if taken else 422), (query, response.text)

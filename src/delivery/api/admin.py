@@ -44,15 +44,47 @@ async def bind_transport_company(package_id: PackageId, body: TransportCompanyBi
     return await service.bind_transport_company(db, package_id, body.company_id)
 
 
-@router.get("/admin/stats/daily-costs/")
+_DAY = {"type": "string", "format": "date"}
+
+#: The query as OpenAPI states it: `date`, or `from` with `to`, and nothing else (an object parameter, its
+#: properties the query's names). Three optional parameters would document `?to=` alone, or none at all, as
+#: a valid query; the server refuses them (422), so the document does too. What no schema can state, `from`
+#: not after `to` and at most `MAX_RANGE_DAYS` days, is in its description.
+DAY_OR_RANGE = {
+    "name": "day_or_range",
+    "in": "query",
+    "required": True,
+    "style": "form",
+    "explode": True,
+    "description": (
+        "`date` (a UTC day, YYYY-MM-DD), or `from` and `to` (the range's first and last UTC days, "
+        f"`from` not after `to`, at most {MAX_RANGE_DAYS} days in all)"
+    ),
+    "schema": {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {"date": _DAY},
+                "required": ["date"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"from": _DAY, "to": _DAY},
+                "required": ["from", "to"],
+                "additionalProperties": False,
+            },
+        ]
+    },
+}
+
+
+@router.get("/admin/stats/daily-costs/", openapi_extra={"parameters": [DAY_OR_RANGE]})
 async def daily_costs(
     db: DbSession,
-    day: Annotated[IsoDate | None, Query(alias="date", description="a UTC day, YYYY-MM-DD")] = None,
-    start: Annotated[IsoDate | None, Query(alias="from", description="the range's first UTC day")] = None,
-    end: Annotated[
-        IsoDate | None,
-        Query(alias="to", description=f"the range's last UTC day, at most {MAX_RANGE_DAYS} days in all"),
-    ] = None,
+    day: Annotated[IsoDate | None, Query(alias="date", include_in_schema=False)] = None,
+    start: Annotated[IsoDate | None, Query(alias="from", include_in_schema=False)] = None,
+    end: Annotated[IsoDate | None, Query(alias="to", include_in_schema=False)] = None,
 ) -> DailyCosts | DailyCostsRange:
     """The delivery costs calculated on a UTC day (`date`), or on every day from `from` to `to`, by type."""
     if day is not None and start is None and end is None:
