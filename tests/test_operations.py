@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from delivery.broker import BATCH_SIZE, PUBLISH_GROUP, REGISTER_TASK, create_cel
 from delivery.config import Settings
 from delivery.logs import ContextFilter, formatter, request_id
 from delivery.registration import RegistrationJob
+from delivery.worker import jobs_batches
 from tests.factories import open_session
 from tests.fakebank import FakeBank
 from tests.helpers import (
@@ -226,6 +228,25 @@ async def test_a_batch_holds_at_most_batch_size_jobs_and_a_job_line_names_its_jo
     ]
     assert (misnamed[:3], sum(sizes), max(sizes) <= BATCH_SIZE) == ([], len(jobs), True), sizes
     assert len(named) >= len(jobs), "a line about each job"
+
+
+@pytest.mark.parametrize(
+    ("jobs", "batches"),
+    [
+        ([], []),
+        ([64, 64, 64], [[64], [64], [64]]),
+        ([1] * 150, [[1] * 100, [1] * 50]),
+        ([30, 80, 20], [[30], [80, 20]]),
+        ([150, 1], [[150], [1]]),  # a message is never split: alone, it may pass the bound
+        ([0, 100, 1], [[0, 100], [1]]),
+    ],
+)
+def test_batches_are_cut_by_their_jobs(jobs: list[int], batches: list[list[int]]) -> None:
+    """The worker's messages (here by how many jobs each holds) cut into batches of at most 100 jobs, in
+    order."""
+    messages = [SimpleNamespace(args=[{}] * count) for count in jobs]
+    cut = jobs_batches(messages, 100)  # type: ignore[arg-type]
+    assert [[len(message.args) for message in batch] for batch in cut] == batches
 
 
 async def test_api_finishes_an_in_flight_request_on_sigterm(api: ApiProcess) -> None:

@@ -249,10 +249,10 @@ def jobs_batches(requests: Collection[Request], size: int) -> list[list[Request]
     """The requests in order, cut into batches of at most `size` jobs each (a request holds one job per
     argument); a request with more jobs than that is a batch of its own."""
     batches: list[list[Request]] = []
-    jobs = size
+    jobs = 0
     for request in requests:
         count = len(request.args)
-        if jobs + count > size:
+        if not batches or jobs + count > size:
             batches.append([])
             jobs = 0
         batches[-1].append(request)
