@@ -9,7 +9,8 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ import aiormq
 from celery import Celery
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
-from kombu import Exchange, Queue
+from kombu import Exchange, Producer, Queue
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 from kombu.utils.functional import retry_over_time
@@ -223,14 +224,45 @@ def _result_backend(settings: Settings) -> str:
     return f"file://{folder}"
 
 
+@contextmanager
+def confirming_producer(app: Celery) -> Iterator[Producer]:
+    """A producer on a connection of its own, for publishes that wait at most `PUBLISH_TIMEOUT` for the
+    broker's confirm (`CONFIRM_DEADLINE`). A failure drops the connection without AMQP's closing handshake:
+    a broker that blocks publishers (a memory or disk alarm) reads nothing more from it, and would hold a
+    polite close, and the thread or pool process that waits for it, forever."""
+    connection = app.connection_for_write()
+    try:
+        yield app.amqp.Producer(connection)
+    except BaseException:
+        connection.collect()
+        raise
+    connection.release()
+
+
+#: What a publish through `confirming_producer` is given: its frames written, then the broker's confirm,
+#: each within the publish timeout.
+CONFIRM_DEADLINE = {"timeout": PUBLISH_TIMEOUT, "confirm_timeout": PUBLISH_TIMEOUT}
+
+
 def publish_registration(
-    app: Celery, job: RegistrationJob, *, countdown: float | None = None, retries: int = 0
+    app: Celery,
+    job: RegistrationJob,
+    *,
+    countdown: float | None = None,
+    retries: int = 0,
+    producer: Producer | None = None,
 ) -> None:
-    """Publish a registration job through Celery's producer pool, blocking until the broker confirms it.
+    """Publish a registration job, blocking until the broker confirms it, at most `PUBLISH_TIMEOUT` for
+    each attempt (Celery's publish retry policy makes a few); through `producer` (of `confirming_producer`),
+    else Celery's producer pool (the API on the embedded broker, which has no confirms to wait for).
 
     As `send_task` would, but without subscribing to its result: on the Redis backend `send_task`
     SUBSCRIBEs the publisher to the task's result channel, a round trip that nobody here reads (a
     registration's record is its status, not a Celery result)."""
+    if producer is None:
+        with app.producer_or_acquire() as pooled:
+            publish_registration(app, job, countdown=countdown, retries=retries, producer=pooled)
+        return
     args = (job.to_json(),)
     message = app.amqp.create_task_message(
         job.registration_id, REGISTER_TASK, args, {}, countdown=countdown, retries=retries
@@ -246,8 +278,7 @@ def publish_registration(
             "exchange": Exchange(DELAYED_DELIVERY_EXCHANGE, type="topic"),
             "routing_key": calculate_routing_key(seconds, route["queue"].routing_key),
         }
-    with app.producer_or_acquire() as producer:
-        app.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
+    app.amqp.send_task_message(producer, REGISTER_TASK, message, **route, **CONFIRM_DEADLINE)
 
 
 def _quorum(queue: Queue) -> bool:

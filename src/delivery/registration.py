@@ -363,6 +363,7 @@ def backoff(retries: int, *, base: float = 1.0, cap: float = MAX_BACKOFF) -> flo
     return random.uniform(0, min(cap, base * 2**retries))
 
 
+#: Registration id -> package id; with `existing`, those whose package existed before (a job run twice).
 CreatePackages = Callable[
     [async_sessionmaker[AsyncSession], Sequence[RegistrationJob], Rate | None],
     Awaitable[dict[str, int]],
@@ -404,9 +405,10 @@ async def register_batch(
             if remaining > 0:
                 later.append(Retry(job, min(backoff(retries), remaining)))
             else:
-                logger.warning(
-                    "registering without a cost registration_id=%s reason=%s", job.registration_id, exc
-                )
+                with logs.about_registrations(job.registration_id):
+                    logger.warning(
+                        "registering without a cost registration_id=%s reason=%s", job.registration_id, exc
+                    )
                 now_batch.append(job)
         if later:
             metrics.JOB_RETRIES.labels("packages.register", "rate").inc(len(later))
@@ -436,8 +438,10 @@ async def _create_and_record(
     create_packages: CreatePackages,
 ) -> None:
     created: dict[str, int | str]
+    existing: frozenset[str] = frozenset()
     try:
-        created = dict(await create_packages(maker, batch, rate))
+        made = await create_packages(maker, batch, rate)
+        created, existing = dict(made), getattr(made, "existing", existing)
     except TRANSIENT:
         raise
     except Exception as exc:
@@ -451,17 +455,26 @@ async def _create_and_record(
             return
         message = str(exc) if isinstance(exc, RegistrationImpossible) else f"{type(exc).__name__}: {exc}"
         created = {batch[0].registration_id: message}
-    await record_outcomes(store, batch, created, cost_known=rate is not None)
+    await record_outcomes(store, batch, created, cost_known=rate is not None, existing=existing)
 
 
 async def record_outcomes(
-    store: Store, batch: Sequence[RegistrationJob], created: dict[str, int | str], *, cost_known: bool
+    store: Store,
+    batch: Sequence[RegistrationJob],
+    created: dict[str, int | str],
+    *,
+    cost_known: bool,
+    existing: frozenset[str] = frozenset(),
 ) -> None:
-    """Every job's status in one round trip: registered with its package id, or failed with a message."""
+    """Every job's status in one round trip: registered with its package id, or failed with a message.
+    A package that existed before (`existing`: a job run twice, or published again) was counted when made."""
     records = []
     for job in batch:
         with logs.about_registrations(job.registration_id):
-            records.append(_outcome(job, created[job.registration_id], cost_known=cost_known))
+            outcome = created[job.registration_id]
+            records.append(
+                _outcome(job, outcome, cost_known=cost_known, counted=job.registration_id in existing)
+            )
     replaced = await store.finish_pending(
         records, index=PENDING_INDEX, members=[j.registration_id for j in batch]
     )
@@ -471,10 +484,17 @@ async def record_outcomes(
                 logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
 
 
-def _outcome(job: RegistrationJob, outcome: int | str, *, cost_known: bool) -> tuple[str, str]:
-    """A job's status record (its key and value), counted and logged."""
+def _outcome(
+    job: RegistrationJob, outcome: int | str, *, cost_known: bool, counted: bool = False
+) -> tuple[str, str]:
+    """A job's status record (its key and value), counted (unless `counted` already) and logged."""
     if isinstance(outcome, int):
         record = StatusRecord(job.session_id, "registered", package_id=outcome)
+        if counted:
+            logger.info(
+                "package registered before registration_id=%s package_id=%s", job.registration_id, outcome
+            )
+            return status_key(job.registration_id), record.dumps()
         metrics.REGISTRATIONS_DONE.labels("registered" if cost_known else "registered_without_cost").inc()
         logger.info(
             "package registered registration_id=%s package_id=%s cost_known=%s",

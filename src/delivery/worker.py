@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Collection, Coroutine
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from delivery.broker import (
     PRICE_TASK,
     RECOVER_TASK,
     REGISTER_TASK,
+    confirming_producer,
     create_celery,
     embedded_broker_file,
     publish_registration,
@@ -206,10 +208,18 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
     _in_flight = 0
 
     def flush(self, requests: Collection[Request]) -> Any:
-        if self._in_flight >= max(1, int(self._pool.num_processes or 1)):
-            for request in requests:
-                self._buffer.put(request)
-            return None
+        """Hand the requests to the free pool processes, in batches of at most `BATCH_SIZE` jobs (a message
+        may carry several); what no free process takes goes back to the buffer, for the next flush."""
+        batches = jobs_batches(requests, BATCH_SIZE)
+        free = max(1, int(self._pool.num_processes or 1)) - self._in_flight
+        for request in (request for batch in batches[max(0, free) :] for request in batch):
+            self._buffer.put(request)
+        result = None
+        for batch in batches[: max(0, free)]:
+            result = self._send(batch)
+        return result
+
+    def _send(self, requests: list[Request]) -> Any:
         self._in_flight += 1
         batch = ([SimpleRequest.from_request(request) for request in requests],)
 
@@ -235,6 +245,21 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
         )
 
 
+def jobs_batches(requests: Collection[Request], size: int) -> list[list[Request]]:
+    """The requests in order, cut into batches of at most `size` jobs each (a request holds one job per
+    argument); a request with more jobs than that is a batch of its own."""
+    batches: list[list[Request]] = []
+    jobs = 0
+    for request in requests:
+        count = len(request.args)
+        if not batches or jobs + count > size:
+            batches.append([])
+            jobs = 0
+        batches[-1].append(request)
+        jobs += count
+    return batches
+
+
 @app.task(
     name=REGISTER_TASK,
     base=RegistrationBatches,
@@ -248,7 +273,8 @@ def register_packages(requests: list[SimpleRequest]) -> bool:
     A message holds one job per argument: one, or the group the API's publisher sent together."""
     batch = [RegistrationJob.from_json(job) for request in requests for job in request.args]
     retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
-    with logs.about_registrations(*(job.registration_id for job in batch)):
+    # A line about one job names that job alone: the lines about a batch of several name none.
+    with logs.about_registrations(batch[0].registration_id) if len(batch) == 1 else nullcontext():
         return _register_batch(batch, retries)
 
 
@@ -289,8 +315,12 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
                 len(batch),
             )
             later = [registration.Retry(job, 0.0) for job in batch]
-    for retry in later:
-        publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1)
+    if later:
+        with confirming_producer(app) as producer:
+            for retry in later:
+                publish_registration(
+                    app, retry.job, countdown=retry.delay, retries=retries + 1, producer=producer
+                )
     return True
 
 
@@ -354,15 +384,19 @@ def recovery_grace(settings: Settings) -> float:
 def recover_pending_registrations(older_than: float | None = None) -> dict[str, int]:
     """Publish again the jobs of registrations untouched for too long (a job lost on its way)."""
     rt = runtime()
-
-    async def publish(job: RegistrationJob) -> None:
-        publish_registration(app, job)
-
-    async def queued() -> int:
-        return await asyncio.to_thread(queued_registrations, app)
-
     grace = recovery_grace(settings) if older_than is None else older_than
-    return {"republished": run(registration.recover_pending(rt.store, publish, queued, older_than=grace))}
+    # Each publish waits for its confirm within the publish timeout: a broker that blocks publishers fails
+    # this run (the next one tries again), rather than holding a pool process.
+    with confirming_producer(app) as producer:
+
+        async def publish(job: RegistrationJob) -> None:
+            publish_registration(app, job, producer=producer)
+
+        async def queued() -> int:
+            return await asyncio.to_thread(queued_registrations, app)
+
+        republished = run(registration.recover_pending(rt.store, publish, queued, older_than=grace))
+    return {"republished": republished}
 
 
 #: Delivered messages the embedded broker keeps longer than this are deleted from its file.
