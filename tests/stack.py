@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from delivery.broker import create_celery
 from delivery.config import EMBEDDED_DIR, Settings
+from delivery.ratelimit import EMBEDDED_COUNTERS
 from realstack.net import free_port, port_open
 from realstack.processes import Service
 from realstack.resources import add_vhost, recreate_database, run_in_thread, run_sync
@@ -33,6 +34,12 @@ TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.
 #: Short, so the tests of a bank outage finish quickly; the worker's jobs give up on the bank after this.
 RATE_RETRY_WINDOW = 3
 WORKER_READY_TIMEOUT = 60.0
+RAISED_LIMITS = {
+    "RATE_LIMIT_REGISTRATIONS": "1000000/minute",
+    "RATE_LIMIT_READS": "1000000/minute",
+    "RATE_LIMIT_SESSIONS": "1000000/minute",
+    "RATE_LIMIT_OPERATOR_KEYS": "1000000/minute",
+}
 
 __all__ = ["run_in_thread", "run_sync"]
 
@@ -76,6 +83,9 @@ def common_settings(bank_url: str) -> dict[str, Any]:
         "COOKIE_SECURE": False,
         # One API process unless a test asks for more: the suite shares the machine's cores.
         "WEB_CONCURRENCY": 1,
+        # Counted as always, but far above what a test sends from its one address and few sessions; the
+        # limits' own tests set them low (tests/test_rate_limits.py).
+        **RAISED_LIMITS,
     }
 
 
@@ -104,10 +114,12 @@ def _vhost(url: str, vhost: str) -> str:
 
 
 async def clear_store(settings: Settings) -> None:
+    """The store, and the rate limits' counters (on Redis, in the same database)."""
     if settings.REDIS_URL is None:
-        cache = diskcache.Cache(str((EMBEDDED_DIR / "store").resolve()))
-        cache.clear()
-        cache.close()
+        for directory in (EMBEDDED_DIR / "store", EMBEDDED_COUNTERS):
+            cache = diskcache.Cache(str(directory.resolve()))
+            cache.clear()
+            cache.close()
         return
     client = aioredis.Redis.from_url(str(settings.REDIS_URL))
     await client.flushdb()

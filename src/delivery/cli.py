@@ -48,7 +48,11 @@ def serve() -> int:
         port=settings.PORT,
         log_config=None,
         access_log=False,  # delivery.access logs each request, with its request id
-        proxy_headers=True,
+        # The client address (which the rate limits count per) is the connection's, unless the connection
+        # comes from a trusted proxy: then its X-Forwarded-For. uvicorn itself would trust 127.0.0.1 and ::1
+        # when FORWARDED_ALLOW_IPS is unset, so any local process could name the address it liked.
+        proxy_headers=settings.FORWARDED_ALLOW_IPS is not None,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS or "",
         timeout_graceful_shutdown=20,
     )
     if config.workers == 1:

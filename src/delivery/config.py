@@ -1,9 +1,11 @@
 """Settings: exactly the variables of the API contract, read from the environment and `.env`."""
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse_many
 from pydantic import (
     AfterValidator,
     AnyUrl,
@@ -41,6 +43,27 @@ def _each_a_url(value: str) -> str:
 BrokerUrls = Annotated[str, AfterValidator(_each_a_url)]
 
 
+def _rate_limits(value: str) -> str:
+    """A rate limit in `limits`' notation: `200/minute`, or several windows, `10/minute;100/day`."""
+    parse_many(value)  # its ValueError names the part it could not read
+    return value
+
+
+#: A limit per window, in `limits`' notation (`200/minute`, `10/minute;100/day`).
+RateLimits = Annotated[str, AfterValidator(_rate_limits)]
+
+
+def _trusted_proxies(value: str) -> str:
+    """`FORWARDED_ALLOW_IPS`: addresses or networks, separated by commas (or `*`, any)."""
+    for part in value.split(","):
+        if part.strip() != "*":
+            try:
+                ipaddress.ip_network(part.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{part.strip()!r} is not an IP address or network") from None
+    return value
+
+
 def _cpu_count() -> int:
     """The CPUs this process may run on (a container's cpuset, say), not all of the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -69,6 +92,14 @@ class Settings(BaseSettings):
     WEB_CONCURRENCY: PositiveInt = Field(default_factory=_cpu_count)
     #: Seconds the API keeps an idle client connection open.
     KEEP_ALIVE_TIMEOUT: PositiveInt = 75
+    #: The proxies whose `X-Forwarded-For` gives the client address; unset: the connection's address, always.
+    FORWARDED_ALLOW_IPS: Annotated[str, AfterValidator(_trusted_proxies)] | None = None
+    #: The rate limits (`delivery.ratelimit`), counted in the store; off only to measure what they cost.
+    RATE_LIMIT_ENABLED: bool = True
+    RATE_LIMIT_REGISTRATIONS: RateLimits = "200/minute"  # per session
+    RATE_LIMIT_READS: RateLimits = "1200/minute"  # per session: its packages, one package, a status
+    RATE_LIMIT_SESSIONS: RateLimits = "60/minute"  # sessions opened per client address
+    RATE_LIMIT_OPERATOR_KEYS: RateLimits = "10/minute;100/day"  # wrong operator keys per client address
 
     @field_validator("ADMIN_TOKEN")
     @classmethod

@@ -81,6 +81,12 @@ PRICING_RUNS = Counter(
     "delivery_pricing_runs_total", "Pricing job runs finished", ["outcome"]
 )  # outcome: ok, no_rate
 PACKAGES_PRICED = Counter("delivery_packages_priced_total", "Packages priced by the pricing job")
+RATE_LIMITED = Counter("delivery_rate_limited_total", "Requests refused (429) by a rate limit", ["rule"])
+RATE_LIMIT_UNCHECKED = Counter(
+    "delivery_rate_limit_unchecked_total",
+    "Requests let through without a rate limit check: the store did not answer the limiter",
+    ["rule"],
+)
 
 #: This API process's lock on its identity, held (open) until it ends.
 _alive: IO[str] | None = None

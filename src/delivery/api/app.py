@@ -19,6 +19,7 @@ from delivery.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from delivery.broker import amqp_publisher, create_celery
 from delivery.config import Settings, get_settings
 from delivery.db import create_engine, create_sessionmaker
+from delivery.ratelimit import create_limiter
 from delivery.store import create_store
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = create_store(settings)
         celery = create_celery(settings)
         publisher = amqp_publisher(settings)
+        limiter = create_limiter(settings)
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
@@ -79,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=store,
             celery=celery,
             publisher=publisher,
+            limiter=limiter,
         )
         await _read_type_ids(app.state.resources)
         settle_heap()
@@ -87,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if publisher is not None:
                 await publisher.close()
+            if limiter is not None:
+                await limiter.close()
             celery.close()
             await store.close()
             await engine.dispose()

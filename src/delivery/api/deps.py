@@ -16,10 +16,12 @@ from fastapi import Cookie, Depends, Header, Path, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from delivery import service
+from delivery.api import ratelimits
 from delivery.api.errors import AdminForbidden, AdminUnauthenticated
 from delivery.broker import AmqpPublisher, publish_registration
 from delivery.config import Settings
 from delivery.errors import NotFound, Unauthenticated
+from delivery.ratelimit import Limiter
 from delivery.registration import RegistrationJob
 from delivery.schemas import MAX_BIGINT
 from delivery.store import Store
@@ -54,6 +56,8 @@ class Resources:
     sessions: service.SessionCache = field(default_factory=service.SessionCache)
     #: Where the blocks of lists read deep lately start (hints, checked by each page's statement).
     block_maps: service.BlockMaps = field(default_factory=service.BlockMaps)
+    #: The rate limits; None when they are off (`RATE_LIMIT_ENABLED=false`).
+    limiter: Limiter | None = None
 
     def type_known(self, type_id: int) -> bool:
         """Whether `type_id` is among the type ids read within the last `type_ids_ttl` seconds (no I/O)."""
@@ -126,6 +130,22 @@ async def current_session(
 SessionId = Annotated[int, Depends(current_session)]
 
 
+class SessionLimit(ratelimits.RouteLimit):
+    """A rate limit per session, as a route's dependency: `dependencies=[Depends(SessionLimit("reads"))]`."""
+
+    async def __call__(self, request: Request, session_id: SessionId) -> None:
+        await ratelimits.count(request, self.rule, str(session_id))
+
+
+class AddressLimit(ratelimits.RouteLimit):
+    """A rate limit per client address, as a route's dependency."""
+
+    per_session = False
+
+    async def __call__(self, request: Request) -> None:
+        await ratelimits.count(request, self.rule, ratelimits.client_address(request.scope))
+
+
 def database_id(what: str, name: str) -> Callable[[int], Awaitable[int]]:
     """The path parameter `name`, a row's id: not an integer → 422; an integer no row can have → 404.
 
@@ -145,6 +165,7 @@ PackageId = Annotated[int, Depends(database_id("package", "package_id"))]
 
 
 async def require_admin(
+    request: Request,
     resources: ResourcesDep,
     x_admin_token: Annotated[str | None, Header(description="equal to ADMIN_TOKEN")] = None,
 ) -> None:
@@ -153,5 +174,7 @@ async def require_admin(
         raise AdminForbidden("operator endpoints are disabled: ADMIN_TOKEN is not configured")
     if x_admin_token is None:
         raise AdminUnauthenticated
-    if not hmac.compare_digest(x_admin_token.encode(), expected.get_secret_value().encode()):
+    right = hmac.compare_digest(x_admin_token.encode(), expected.get_secret_value().encode())
+    await ratelimits.check_operator_key(request, right=right)
+    if not right:
         raise AdminForbidden("wrong X-Admin-Token")

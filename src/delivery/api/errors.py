@@ -20,6 +20,7 @@ from delivery.errors import (
     TransportCompanyConflict,
     Unauthenticated,
 )
+from delivery.ratelimit import RateLimited
 from delivery.schemas import ConflictProblem, Problem
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,15 @@ class Answer:
     status: int
     description: str
     body: Body
-    headers: Mapping[str, str] = field(default_factory=dict)
+    #: The answer's headers, or what makes them of the error.
+    headers: Mapping[str, str] | Callable[[Any], Mapping[str, str]] = field(default_factory=dict)
     model: type[Problem] = Problem
 
+    def headers_of(self, exc: Exception) -> dict[str, str]:
+        return dict(self.headers(exc) if callable(self.headers) else self.headers)
+
     def response(self, exc: Exception) -> JSONResponse:
-        return JSONResponse(self.body(exc), status_code=self.status, headers=dict(self.headers))
+        return JSONResponse(self.body(exc), status_code=self.status, headers=self.headers_of(exc))
 
 
 def _detail(exc: Exception) -> dict[str, Any]:
@@ -93,6 +98,12 @@ ANSWERS: dict[type[Exception], Answer] = {
         lambda exc: {"detail": str(exc), "transport_company_id": exc.holder_id},
         model=ConflictProblem,
     ),
+    RateLimited: Answer(
+        429,
+        "Over a rate limit; try again after Retry-After (the RateLimit fields tell the limit)",
+        _detail,
+        lambda exc: exc.verdict.headers(),
+    ),
     ServiceUnavailable: _down(),
     # A lost connection, a refused connection or an exhausted pool: the database is not answering.
     sqlalchemy.exc.OperationalError: _down("database"),
@@ -102,7 +113,17 @@ ANSWERS: dict[type[Exception], Answer] = {
 }
 
 #: What the OpenAPI document says of the headers the answers carry.
-HEADER_DOCS = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+HEADER_DOCS = {
+    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}},
+    "RateLimit-Policy": {
+        "description": 'each window of the limit (IETF draft): `"<name>";q=<quota>;w=<seconds>`',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'what remains of each window, the seconds until it ends: `"<name>";r=<n>;t=<seconds>`',
+        "schema": {"type": "string"},
+    },
+}
 
 
 def answer_for(exc: Exception) -> Answer:

@@ -4,14 +4,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from delivery import registration, service
 from delivery.api import bodies
-from delivery.api.deps import DbSession, PackageId, Resources, ResourcesDep, SessionId
+from delivery.api.deps import DbSession, PackageId, Resources, ResourcesDep, SessionId, SessionLimit
 from delivery.api.fastpath import fast_path
-from delivery.api.responses import PACKAGE_NOT_FOUND, STATUS_NOT_FOUND, UNAUTHENTICATED, UNAVAILABLE
+from delivery.api.ratelimits import within_route_limit
+from delivery.api.responses import (
+    LIMITED_READS,
+    LIMITED_REGISTRATIONS,
+    PACKAGE_NOT_FOUND,
+    STATUS_NOT_FOUND,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+)
 from delivery.api.routing import DecimalRoute, decimal_json
 from delivery.db import utcnow
 from delivery.errors import InvalidField
@@ -33,12 +41,21 @@ JSON = "application/json"
 router = APIRouter(route_class=DecimalRoute, tags=["packages"])
 
 
-def _cached_session(request: Request, resources: Resources) -> int | None:
-    """The session of the request's cookie if the cache holds it (as `current_session` would find it)."""
+#: The rate limits per session of the routes (each route's requests counted as its dependency declares).
+REGISTRATIONS = Depends(SessionLimit("registrations"))
+READS = Depends(SessionLimit("reads"))
+
+
+async def _cached_session(request: Request, resources: Resources) -> int | None:
+    """The session of the request's cookie if the cache holds it (as `current_session` would find it), its
+    request counted against the limit its route declares (RateLimited when over it)."""
     token = request.cookies.get("session_id")
     if not token:
         return None
-    return resources.sessions.get(service.hash_token(token), utcnow())
+    session_id = resources.sessions.get(service.hash_token(token), utcnow())
+    if session_id is not None:
+        await within_route_limit(request, session_id)
+    return session_id
 
 
 #: What the fast path takes of a query: each parameter once, as `name=value` of plain characters.
@@ -110,7 +127,12 @@ MAX_SIZE = 100
 MAX_PAGE = 10**15
 
 
-@router.get("/packages/", response_model=PackagePage, responses=UNAUTHENTICATED | UNAVAILABLE)
+@router.get(
+    "/packages/",
+    response_model=PackagePage,
+    responses=UNAUTHENTICATED | LIMITED_READS | UNAVAILABLE,
+    dependencies=[READS],
+)
 async def list_packages(
     db: DbSession,
     session_id: SessionId,
@@ -150,7 +172,7 @@ async def _package_page(
 async def _fast_list(request: Request) -> Response | None:
     resources: Resources = request.app.state.resources
     params = _plain_query(request.scope["query_string"])
-    if params is None or (session_id := _cached_session(request, resources)) is None:
+    if params is None or (session_id := await _cached_session(request, resources)) is None:
         return None
     type_id = _plain_int(params.get(b"type"), None, MAX_INT)
     page = _plain_int(params.get(b"page"), 1, MAX_PAGE)
@@ -171,8 +193,10 @@ MAX_KEY_LENGTH = 255
     "/packages/",
     status_code=202,
     responses=UNAUTHENTICATED
+    | LIMITED_REGISTRATIONS
     | UNAVAILABLE
     | {202: {"headers": {"Location": {"description": "the status URL", "schema": {"type": "string"}}}}},
+    dependencies=[REGISTRATIONS],
 )
 async def register_package(
     data: PackageCreate,
@@ -220,7 +244,7 @@ _JSON_CONTENT = b"application/json"
 @fast_path(register_package)
 async def _fast_register(request: Request) -> Response | None:
     resources: Resources = request.app.state.resources
-    if (session_id := _cached_session(request, resources)) is None:
+    if (session_id := await _cached_session(request, resources)) is None:
         return None
     content_type = key = None
     for name, value in request.scope["headers"]:
@@ -244,7 +268,8 @@ async def _fast_register(request: Request) -> Response | None:
 
 @router.get(
     "/packages/status/{status_id}/",
-    responses=UNAUTHENTICATED | STATUS_NOT_FOUND | UNAVAILABLE,
+    responses=UNAUTHENTICATED | STATUS_NOT_FOUND | LIMITED_READS | UNAVAILABLE,
+    dependencies=[READS],
 )
 async def registration_status(
     status_id: uuid.UUID, session_id: SessionId, resources: ResourcesDep, db: DbSession
@@ -257,7 +282,8 @@ async def registration_status(
 @router.get(
     "/packages/{package_id}/",
     response_model=PackageRead,
-    responses=UNAUTHENTICATED | PACKAGE_NOT_FOUND | UNAVAILABLE,
+    responses=UNAUTHENTICATED | PACKAGE_NOT_FOUND | LIMITED_READS | UNAVAILABLE,
+    dependencies=[READS],
 )
 async def get_package(session_id: SessionId, package_id: PackageId, db: DbSession) -> Response:
     """One of this session's packages."""
@@ -274,7 +300,7 @@ async def _fast_package(request: Request) -> Response | None:
     raw_id = request.path_params["package_id"].encode()
     if _plain_int(raw_id, None, MAX_BIGINT) in (None, -1):
         return None
-    if (session_id := _cached_session(request, resources)) is None:
+    if (session_id := await _cached_session(request, resources)) is None:
         return None
     async with resources.engine.connect() as conn:
         return await _package(conn, session_id, int(raw_id))

@@ -1,8 +1,8 @@
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from delivery import service
-from delivery.api.deps import DbSession, ResourcesDep
-from delivery.api.responses import UNAVAILABLE
+from delivery.api.deps import AddressLimit, DbSession, ResourcesDep
+from delivery.api.responses import LIMITED_SESSIONS, UNAVAILABLE
 from delivery.api.routing import DecimalRoute
 
 router = APIRouter(tags=["sessions"], route_class=DecimalRoute)
@@ -10,7 +10,13 @@ router = APIRouter(tags=["sessions"], route_class=DecimalRoute)
 COOKIE_NAME = "session_id"
 
 
-@router.get("/sessions/new/", status_code=204, response_class=Response, responses=UNAVAILABLE)
+@router.get(
+    "/sessions/new/",
+    status_code=204,
+    response_class=Response,
+    responses=LIMITED_SESSIONS | UNAVAILABLE,
+    dependencies=[Depends(AddressLimit("sessions"))],
+)
 async def open_session(db: DbSession, resources: ResourcesDep) -> Response:
     """Open a session: sets the `session_id` cookie that every customer endpoint needs."""
     settings = resources.settings
