@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         """A token of spaces would open the operator endpoints to a header of spaces: it means none."""
         return token if token is not None and token.get_secret_value().strip() else None
 
+    @field_validator("FORWARDED_ALLOW_IPS", mode="before")
+    @classmethod
+    def _blank_is_no_proxy(cls, value: object) -> object:
+        """Blank, as an .env template leaves it: no proxy trusted."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @property
     def is_sqlite(self) -> bool:
         return self.DATABASE_URL.startswith("sqlite")

@@ -35,6 +35,8 @@ from limits import RateLimitItem, parse_many
 from limits.aio.storage import RedisStorage, Storage
 from limits.aio.storage.redis.bridge import RedisBridge
 from limits.aio.storage.redis.redispy import RedispyBridge
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from delivery import metrics
 from delivery.config import EMBEDDED_DIR, Settings
@@ -217,6 +219,8 @@ class PipelinedRedisStorage(RedisStorage):
             implementation="redispy",
             socket_connect_timeout=DEADLINE,
             socket_timeout=2 * DEADLINE,
+            # Not tried again (redis-py's default is thrice, with backoff): the request goes on unchecked.
+            retry=cast(str, Retry(NoBackoff(), 0)),  # limits types its pass-through options as scalars
         )
         assert isinstance(self.bridge, RedispyBridge)  # implementation="redispy"
         self._client = cast(aioredis.Redis, self.bridge.get_connection())
