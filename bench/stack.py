@@ -54,6 +54,13 @@ def run_async(factory: Callable[[AsyncEngine], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(main())
 
 
+#: Every rate limit, far above a run's requests: a second of wrk on one session is thousands of reads.
+RAISED_LIMITS = {
+    f"RATE_LIMIT_{rule}": "1000000000/minute"
+    for rule in ("REGISTRATIONS", "READS", "SESSIONS", "OPERATOR_KEYS")
+}
+
+
 @dataclass
 class BenchStack:
     workdir: Path
@@ -65,6 +72,9 @@ class BenchStack:
     #: The API's processes (`WEB_CONCURRENCY`); None: `delivery serve`'s default, the CPU count.
     api_processes: int | None = None
     kv: redis.Redis | None = None
+    #: Whether the rate limits are on (their cost is what the load then measures): raised far above the
+    #: load's requests from one address and few sessions, so that every request is counted and none refused.
+    rate_limits: bool = True
     #: The RabbitMQ cluster the service uses instead of the machine's node, while one is started.
     cluster: Cluster | None = None
     _made: set[str] = field(default_factory=set)
@@ -86,6 +96,8 @@ class BenchStack:
             "HOST": "127.0.0.1",
             # As `make run` does: every process writes its metrics there.
             "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / "metrics"),
+            "RATE_LIMIT_ENABLED": "true" if self.rate_limits else "false",
+            **RAISED_LIMITS,
         }
         if self.cluster is not None:
             values["BROKER_QUEUE_TYPE"] = "quorum"
