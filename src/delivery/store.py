@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeVar
 import diskcache
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis._parsers import BaseParser
+from redis.asyncio.connection import DefaultParser
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -25,6 +27,51 @@ from delivery.grouping import Grouped
 T = TypeVar("T")
 #: How a claim marks the key it names as answered to a second request (see `Store.put_pending`).
 ADOPTED = "#adopted"
+
+
+class PersistenceFailing(redis.exceptions.ResponseError):
+    """MISCONF: the server stopped taking writes because it cannot persist them (a failed save, with
+    `stop-writes-on-bgsave-error`)."""
+
+
+class NotEnoughReplicas(redis.exceptions.ResponseError):
+    """NOREPLICAS: fewer healthy replicas than `min-replicas-to-write`: writes wait for them."""
+
+
+class ServerBusy(redis.exceptions.ResponseError):
+    """BUSY: a script or function runs past its time limit and holds the server."""
+
+
+#: The error codes redis-py answers with a plain ResponseError, given classes of their own: what is raised
+#: says what the server meant, and nothing here reads an error's message.
+_ERROR_CODES: dict[str, type[redis.exceptions.ResponseError]] = {
+    "MISCONF": PersistenceFailing,
+    "NOREPLICAS": NotEnoughReplicas,
+    "BUSY": ServerBusy,
+}
+
+#: The parser redis-py's connections use (the RESP3 one, or hiredis where installed), knowing those codes too:
+#: redis-py maps an error's first word to its class through the parser's `EXCEPTION_CLASSES`, as its own
+#: cluster client adds the cluster's codes.
+_Parser: type[BaseParser] = type(
+    "StoreParser",
+    (DefaultParser,),
+    {"EXCEPTION_CLASSES": {**DefaultParser.EXCEPTION_CLASSES, **_ERROR_CODES}},
+)
+
+#: What Redis raises when it cannot serve now but may soon: away or silent, or up and refusing — loading its
+#: data after a restart (LOADING, a ConnectionError in redis-py), out of memory with `noeviction` (OOM), a
+#: replica refusing writes after a failover (READONLY) or serving nothing without its master
+#: (MASTERDOWN), unable to persist (MISCONF), short of replicas (NOREPLICAS), held by a script (BUSY). The
+#: store answers these as unavailable: a 503 with Retry-After in the API, a transient failure in the worker.
+UNAVAILABLE: tuple[type[redis.exceptions.RedisError], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    *_ERROR_CODES.values(),
+)
 
 
 class KeyValue(Protocol):
@@ -175,6 +222,7 @@ class RedisStore:
             # scripts: a second put_pending finds its own claim and answers as a duplicate would).
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+            parser_class=_Parser,
         )
         self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
         # Called by every registration the API accepts: the calls of concurrent requests share round trips.
@@ -413,10 +461,5 @@ def _ms(seconds: float) -> int:
 async def _unavailable_on_error() -> AsyncIterator[None]:
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+    except UNAVAILABLE as exc:
         raise ServiceUnavailable("redis") from exc
-    except redis.exceptions.ResponseError as exc:
-        # A replica that cannot take writes, or a server out of memory: the store cannot serve now.
-        if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("OOM"):
-            raise ServiceUnavailable("redis") from exc
-        raise
