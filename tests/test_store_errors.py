@@ -197,6 +197,9 @@ async def test_the_worker_takes_a_refusing_store_as_transient(
         status = await wait_done(client, location, limit=90)
     print(f"{faulty.fault.name}: {_batch_retries(worker)} retries, refused for {refused_for:.1f}s")
     assert status["state"] == "registered", status
+    # The pool process watched for the store to take writes again and retried the batch at once, rather
+    # than after a backoff: a Redis out of memory or demoted answers a ping all along.
+    assert "database and store answer again" in worker.log(), worker.log()[-4000:]
     rows = await packages_by_registration(maker)
     assert [str(r) for r in rows] == [status_id_of(location)]
     assert "Traceback" not in worker.log(), worker.log()[-4000:]
