@@ -31,6 +31,7 @@ class RedisServer:
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        self._config: tuple[str, ...] = ()
         self._service: Service | None = None
 
     @property
@@ -40,6 +41,7 @@ class RedisServer:
     def start(self, *config: str) -> "RedisServer":
         """Start it, with `config` (`--name value` pairs) on top of the defaults; returns once it listens
         (it may still be loading its data)."""
+        self._config = config
         args = [
             "redis-server", "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
@@ -147,6 +149,7 @@ class RedisServer:
         is answered LOADING."""
         self.shutdown()
         self.start(
+            *self._config,
             "--key-load-delay", str(key_load_delay_us),
             # Answer clients (with LOADING) every KiB read, not every 2 MiB.
             "--loading-process-events-interval-bytes", "1024",
