@@ -2,8 +2,9 @@
 
 Each fault is the server's own behaviour, reached as it is reached in production: `maxmemory` below what
 it holds (with `noeviction`), a save that fails (its folder gone, with `stop-writes-on-bgsave-error`), a
-failover that leaves it a replica, a replica whose master is gone (`replica-serve-stale-data no`), and a
-restart that reads its AOF back. The machine's Redis (6379) is never touched.
+failover that leaves it a replica, a replica whose master is gone (`replica-serve-stale-data no`), fewer
+replicas than `min-replicas-to-write`, and a restart that reads its AOF back. The machine's Redis (6379)
+is never touched.
 """
 
 import contextlib
@@ -133,6 +134,14 @@ class RedisServer:
     def master_lost(self) -> None:
         self.command("CONFIG", "SET", "replica-serve-stale-data", "no")
         self.command("REPLICAOF", HOST, free_port())  # nothing listens there
+
+    # --- NOREPLICAS: fewer replicas than min-replicas-to-write ---
+
+    def replicas_missing(self) -> None:
+        self.command("CONFIG", "SET", "min-replicas-to-write", "1")  # it has none
+
+    def replicas_back(self) -> None:
+        self.command("CONFIG", "SET", "min-replicas-to-write", "0")
 
     # --- LOADING: a restart that reads its AOF back ---
 

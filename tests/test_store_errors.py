@@ -1,6 +1,6 @@
 """A Redis that is up and answers errors: out of memory, unable to persist, a replica after a failover, a
-restart still loading its AOF, a replica whose master is gone. Each is made real on a redis-server of the
-test's own (never the machine's).
+restart still loading its AOF, a replica whose master is gone, a master short of replicas. Each is made real
+on a redis-server of the test's own (never the machine's).
 
 What a client relies on: every route that needs the store answers 503 with Retry-After while the store
 refuses what the route asks of it (never a 500), what it can still serve is served, and registration flows
@@ -60,6 +60,7 @@ FAULTS = {
         Fault("readonly", refuses_reads=False, refuses_ping=False),
         Fault("loading", refuses_reads=True, refuses_ping=True),
         Fault("masterdown", refuses_reads=True, refuses_ping=True),
+        Fault("noreplicas", refuses_reads=False, refuses_ping=False),
     )
 }
 
@@ -91,6 +92,8 @@ class FaultyRedis:
                 assert self.server.loading()
             case "masterdown":
                 self.server.master_lost()
+            case "noreplicas":
+                self.server.replicas_missing()
 
     def end(self) -> None:
         match self.fault.name:
@@ -100,6 +103,8 @@ class FaultyRedis:
                 self.server.persistence_back()
             case "readonly" | "masterdown":
                 self.server.promoted()
+            case "noreplicas":
+                self.server.replicas_back()
             case "loading":
                 took = self.server.wait_loaded()
                 print(f"the AOF was read {took:.1f}s after the refusals were checked")
