@@ -19,6 +19,8 @@ import pytest
 from pydantic import AnyUrl
 
 from delivery.config import Settings
+from delivery.errors import ServiceUnavailable
+from delivery.store import PersistenceFailing, create_store
 from realstack.redis_server import RedisServer
 from tests.factories import app_client
 from tests.helpers import (
@@ -208,3 +210,29 @@ async def test_the_worker_takes_a_refusing_store_as_transient(
     rows = await packages_by_registration(maker)
     assert [str(r) for r in rows] == [status_id_of(location)]
     assert "Traceback" not in worker.log(), worker.log()[-4000:]
+
+
+@pytest.mark.parametrize("protocol", ["", "?protocol=2", "?protocol=3"])
+async def test_the_store_speaks_the_protocol_its_url_names(
+    stack: Stack, tmp_path: Path, protocol: str
+) -> None:
+    """The store's parser (redis-py's, knowing more error codes) is the one of the URL's protocol: its
+    replies read right, and its refusals are classes."""
+    server = RedisServer(tmp_path).start()
+    store = create_store(stack.settings.model_copy(update={"REDIS_URL": AnyUrl(server.url + protocol)}))
+
+    async def put(key: str) -> tuple[str, str] | None:
+        return await store.put_pending(key, "pending", ttl=60, index="pending", member=key, score=1.0)
+
+    try:
+        async with asyncio.timeout(10):
+            assert await put("status:1") is None  # a nil reply
+            done = await store.finish_pending([("status:1", "done")], index="pending", members=["status:1"])
+            assert done == [True]
+            await asyncio.to_thread(server.persistence_failing)
+            with pytest.raises(ServiceUnavailable) as refused:
+                await put("status:2")
+        assert isinstance(refused.value.__cause__, PersistenceFailing), repr(refused.value.__cause__)
+    finally:
+        await store.close()
+        server.stop()

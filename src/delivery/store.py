@@ -15,10 +15,11 @@ from typing import Any, Protocol, TypeVar
 import diskcache
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis._parsers import BaseParser
-from redis.asyncio.connection import DefaultParser
+from redis._parsers import BaseParser, _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.utils import DEFAULT_RESP_VERSION, HIREDIS_AVAILABLE
 
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.errors import ServiceUnavailable
@@ -50,14 +51,27 @@ _ERROR_CODES: dict[str, type[redis.exceptions.ResponseError]] = {
     "BUSY": ServerBusy,
 }
 
-#: The parser redis-py's connections use (the RESP3 one, or hiredis where installed), knowing those codes too:
-#: redis-py maps an error's first word to its class through the parser's `EXCEPTION_CLASSES`, as its own
-#: cluster client adds the cluster's codes.
-_Parser: type[BaseParser] = type(
-    "StoreParser",
-    (DefaultParser,),
-    {"EXCEPTION_CLASSES": {**DefaultParser.EXCEPTION_CLASSES, **_ERROR_CODES}},
+
+def _knowing_the_codes(parser: type[BaseParser]) -> type[BaseParser]:
+    """`parser`, mapping those codes too: redis-py maps an error's first word to its class through the
+    parser's `EXCEPTION_CLASSES`, and its own cluster client adds the cluster's codes there."""
+    codes = {**parser.EXCEPTION_CLASSES, **_ERROR_CODES}
+    return type(f"Store{parser.__name__}", (parser,), {"EXCEPTION_CLASSES": codes})
+
+
+#: The parser redis-py would use for each protocol (hiredis speaks both, where installed).
+_PARSERS: dict[int, type[BaseParser]] = (
+    dict.fromkeys((2, 3), _knowing_the_codes(_AsyncHiredisParser))
+    if HIREDIS_AVAILABLE
+    else {2: _knowing_the_codes(_AsyncRESP2Parser), 3: _knowing_the_codes(_AsyncRESP3Parser)}
 )
+
+
+def _parser_for(url: str) -> type[BaseParser]:
+    """The parser of the protocol the URL names (`?protocol=2`), or of redis-py's default one."""
+    protocol = parse_url(url).get("protocol") or DEFAULT_RESP_VERSION
+    return _PARSERS[int(str(protocol))]
+
 
 #: What Redis raises when it cannot serve now but may soon: away or silent, or up and refusing — loading its
 #: data after a restart (LOADING, a ConnectionError in redis-py), out of memory with `noeviction` (OOM), a
@@ -222,7 +236,7 @@ class RedisStore:
             # scripts: a second put_pending finds its own claim and answers as a duplicate would).
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
-            parser_class=_Parser,
+            parser_class=_parser_for(url),
         )
         self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
         # Called by every registration the API accepts: the calls of concurrent requests share round trips.
