@@ -186,6 +186,7 @@ async def test_the_worker_takes_a_refusing_store_as_transient(
 ) -> None:
     """Accepted while Redis served; Redis refuses when the worker takes the job: the batch is retried with
     the worker's backoff (no traceback, the job neither failed nor lost), and registered once it recovers."""
+    stack.stop_shared_worker()  # on the machine's Redis, it would take the job
     settings = faulty.settings(stack)
     async with app_client(settings) as client:
         opened = await client.get("/sessions/new/")
