@@ -9,6 +9,7 @@ backoff, and the registration ends registered once.
 """
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -151,6 +152,12 @@ async def test_every_route_that_needs_the_store_is_503_while_it_refuses(
             "POST /packages/ with a key": await client.post(
                 "/packages/", json=valid_body(), headers={"Idempotency-Key": "refused"}
             ),
+            # A content type the fast path leaves to FastAPI's handler.
+            "POST /packages/ to the handler": await client.post(
+                "/packages/",
+                content=json.dumps(valid_body()),
+                headers={"Content-Type": "application/json; charset=utf-8"},
+            ),
             "GET status": await client.get(location),
             "GET backlog": await client.get("/admin/stats/backlog/", headers=ADMIN),
             "GET job": await client.get(job_url, headers=ADMIN),
@@ -160,7 +167,7 @@ async def test_every_route_that_needs_the_store_is_503_while_it_refuses(
         print({route: answer.status_code for route, answer in answers.items()})
         refused = {route for route, answer in answers.items() if _refused(answer)}
         # The pricing job's publish subscribes to its result, which a replica or a loading server allows.
-        expected = {"POST /packages/", "POST /packages/ with a key"}
+        expected = {"POST /packages/", "POST /packages/ with a key", "POST /packages/ to the handler"}
         if fault.refuses_reads:
             expected |= {"GET status", "GET backlog", "GET job"}
         if fault.refuses_ping:
