@@ -41,7 +41,7 @@ pytestmark = pytest.mark.parametrize("stack", ["real"], indirect=True)
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
 #: A restart reading this many keys of its AOF, each this much slower: long enough for the requests of a test.
 LOADING_KEYS = 20_000
-LOADING_DELAY_US = 300
+LOADING_DELAY_US = 500
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ async def test_the_worker_takes_a_refusing_store_as_transient(
         assert opened.status_code == 204, opened.text
         location = await register(client)
         # Longer than a worker takes to start and meet it.
-        await asyncio.to_thread(faulty.begin, 3 * LOADING_DELAY_US)
+        await asyncio.to_thread(faulty.begin, 2 * LOADING_DELAY_US)
         worker = start_worker(REDIS_URL=str(settings.REDIS_URL)).start()
         started = time.monotonic()
         await wait_until(lambda: _batch_retries(worker) >= 1, 30, "the batch retried")
