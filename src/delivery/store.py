@@ -78,7 +78,7 @@ def _parser_for(url: str) -> type[BaseParser]:
 #: replica refusing writes after a failover (READONLY) or serving nothing without its master
 #: (MASTERDOWN), unable to persist (MISCONF), short of replicas (NOREPLICAS), held by a script (BUSY). The
 #: store answers these as unavailable: a 503 with Retry-After in the API, a transient failure in the worker.
-UNAVAILABLE: tuple[type[redis.exceptions.RedisError], ...] = (
+REDIS_UNAVAILABLE: tuple[type[redis.exceptions.RedisError], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.OutOfMemoryError,
@@ -475,5 +475,5 @@ def _ms(seconds: float) -> int:
 async def _unavailable_on_error() -> AsyncIterator[None]:
     try:
         yield
-    except UNAVAILABLE as exc:
+    except REDIS_UNAVAILABLE as exc:
         raise ServiceUnavailable("redis") from exc

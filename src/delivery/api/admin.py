@@ -25,7 +25,7 @@ from delivery.schemas import (
     PackageTypeRead,
     TransportCompanyBind,
 )
-from delivery.store import UNAVAILABLE
+from delivery.store import REDIS_UNAVAILABLE
 
 router = APIRouter(
     route_class=DecimalRoute, tags=["operators"], dependencies=[Depends(require_admin)], responses=ADMIN
@@ -136,6 +136,6 @@ async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
     except Exception as exc:
         # Celery's own test names a connection lost; a Redis that answers that it cannot serve (a replica
         # without its master, a restart still loading) is away as much.
-        if backend.exception_safe_to_retry(exc) or isinstance(exc, UNAVAILABLE):
+        if backend.exception_safe_to_retry(exc) or isinstance(exc, REDIS_UNAVAILABLE):
             raise ServiceUnavailable("result backend") from exc
         raise
