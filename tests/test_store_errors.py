@@ -208,6 +208,9 @@ async def test_the_worker_takes_a_refusing_store_as_transient(
         log = worker.log()
         assert "Traceback" not in log and "raised unexpected" not in log, log[-4000:]
         assert "registration failed" not in log, log[-4000:]
+        # Refusing a while longer: the pool process probes the store after that line, and a fault ended
+        # before its first probe would be no fault to it (a busy machine can hold it back that long).
+        await asyncio.sleep(2.0)
         await asyncio.to_thread(faulty.end)
         status = await wait_done(client, location, limit=90)
     print(f"{faulty.fault.name}: {_batch_retries(worker)} retries, refused for {refused_for:.1f}s")
