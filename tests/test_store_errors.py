@@ -233,7 +233,9 @@ async def test_the_store_speaks_the_protocol_its_url_names(
     store = create_store(stack.settings.model_copy(update={"REDIS_URL": AnyUrl(server.url + protocol)}))
 
     async def put(key: str) -> tuple[str, str] | None:
-        return await store.put_pending(key, "pending", ttl=60, index="pending", member=key, score=1.0)
+        return await store.put_pending(
+            key, "pending", ttl=60, index="pending", member=key, score=1.0, fate=f"fate:{key}"
+        )
 
     try:
         async with asyncio.timeout(10):

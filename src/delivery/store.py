@@ -22,7 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.utils import DEFAULT_RESP_VERSION, HIREDIS_AVAILABLE
 
 from delivery.config import EMBEDDED_DIR, Settings
-from delivery.errors import ServiceUnavailable
+from delivery.errors import AnswerLost, ServiceUnavailable
 from delivery.grouping import Grouped
 
 T = TypeVar("T")
@@ -329,9 +329,9 @@ class RedisStore:
             return []
         async with _unavailable_on_error():
             results = await self._take.run([([fate], [_ms(ttl)]) for fate in fates])
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
         return [bool(result) for result in results]
 
     async def finish_pending(
@@ -527,5 +527,7 @@ def _ms(seconds: float) -> int:
 async def _unavailable_on_error() -> AsyncIterator[None]:
     try:
         yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise AnswerLost("redis") from exc
     except REDIS_UNAVAILABLE as exc:
         raise ServiceUnavailable("redis") from exc
