@@ -23,6 +23,11 @@ class ServiceUnavailable(DeliveryError):
         self.service = service
 
 
+class AnswerLost(ServiceUnavailable):
+    """A backing service failed to answer a request it may have carried out (a connection lost or timed
+    out once the request was sent), as opposed to one it refused."""
+
+
 class TransportCompanyConflict(DeliveryError):
     def __init__(self, holder_id: int) -> None:
         super().__init__(f"the package is already bound to transport company {holder_id}")

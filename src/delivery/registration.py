@@ -35,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import logs, metrics
-from delivery.errors import NotFound, RateUnavailable, RegistrationImpossible, ServiceUnavailable
+from delivery.errors import AnswerLost, NotFound, RateUnavailable, RegistrationImpossible, ServiceUnavailable
 from delivery.models import Package
 from delivery.rates import Rate, RateCache
 from delivery.schemas import PackageCreate, RegistrationState
@@ -227,10 +227,10 @@ class _Attempt:
                 fate=fate_key(registration_id),
                 claim=self.claim,
             )
-        except ServiceUnavailable:
+        except AnswerLost:
             # The status may have been written before the answer was lost: withdrawn, so that recovery
             # never publishes it; while the store does not answer, again in the background, well within
-            # recovery's grace. Nothing was published: the 503 stands.
+            # recovery's grace. Nothing was published: the 503 stands. (A store that refused wrote nothing.)
             if await self.withdraw(status_ttl) is None:
                 _in_background(self.withdraw_until_done(status_ttl))
             raise
@@ -262,14 +262,14 @@ class _Attempt:
         give_up = loop.time() + WITHDRAW_RETRY_FOR
         while loop.time() < give_up:
             await asyncio.sleep(WITHDRAW_RETRY_EVERY)
-            if await self.withdraw(status_ttl) is not None:
+            if await self.withdraw(status_ttl, quiet=True) is not None:
                 return
         logger.error(
             "registration refused but not withdrawn registration_id=%s: recovery may still register it",
             self.job.registration_id,
         )
 
-    async def withdraw(self, status_ttl: int) -> bool | None:
+    async def withdraw(self, status_ttl: int, *, quiet: bool = False) -> bool | None:
         """True: withdrawn; False: taken already, it will be registered; None: the store did not answer, so
         the status (if it was written) stays pending and recovery publishes its job."""
         registration_id = self.job.registration_id
@@ -283,9 +283,10 @@ class _Attempt:
                 claim=self.claim,
             )
         except ServiceUnavailable as exc:
-            logger.warning(
-                "registration could not be withdrawn registration_id=%s error=%r", registration_id, exc
-            )
+            if not quiet:
+                logger.warning(
+                    "registration could not be withdrawn registration_id=%s error=%r", registration_id, exc
+                )
             return None
         if withdrawn:
             metrics.REGISTRATIONS_WITHDRAWN.inc()

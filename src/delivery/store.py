@@ -15,11 +15,14 @@ from typing import Any, Protocol, TypeVar
 import diskcache
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis._parsers import BaseParser, _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.utils import DEFAULT_RESP_VERSION, HIREDIS_AVAILABLE
 
 from delivery.config import EMBEDDED_DIR, Settings
-from delivery.errors import ServiceUnavailable
+from delivery.errors import AnswerLost, ServiceUnavailable
 from delivery.grouping import Grouped
 
 T = TypeVar("T")
@@ -27,6 +30,64 @@ T = TypeVar("T")
 #: that stored it withdrew it. Whichever is written first stands (see `Store.withdraw` and `Store.take`).
 TAKEN = "taken"
 WITHDRAWN = "withdrawn"
+
+
+class PersistenceFailing(redis.exceptions.ResponseError):
+    """MISCONF: the server stopped taking writes because it cannot persist them (a failed save, with
+    `stop-writes-on-bgsave-error`)."""
+
+
+class NotEnoughReplicas(redis.exceptions.ResponseError):
+    """NOREPLICAS: fewer healthy replicas than `min-replicas-to-write`: writes wait for them."""
+
+
+class ServerBusy(redis.exceptions.ResponseError):
+    """BUSY: a script or function runs past its time limit and holds the server."""
+
+
+#: The error codes redis-py answers with a plain ResponseError, given classes of their own: what is raised
+#: says what the server meant, and nothing here reads an error's message.
+_ERROR_CODES: dict[str, type[redis.exceptions.ResponseError]] = {
+    "MISCONF": PersistenceFailing,
+    "NOREPLICAS": NotEnoughReplicas,
+    "BUSY": ServerBusy,
+}
+
+
+def _knowing_the_codes(parser: type[BaseParser]) -> type[BaseParser]:
+    """`parser`, mapping those codes too: redis-py maps an error's first word to its class through the
+    parser's `EXCEPTION_CLASSES`, and its own cluster client adds the cluster's codes there."""
+    codes = {**parser.EXCEPTION_CLASSES, **_ERROR_CODES}
+    return type(f"Store{parser.__name__}", (parser,), {"EXCEPTION_CLASSES": codes})
+
+
+#: The parser redis-py would use for each protocol (hiredis speaks both, where installed).
+_PARSERS: dict[int, type[BaseParser]] = (
+    dict.fromkeys((2, 3), _knowing_the_codes(_AsyncHiredisParser))
+    if HIREDIS_AVAILABLE
+    else {2: _knowing_the_codes(_AsyncRESP2Parser), 3: _knowing_the_codes(_AsyncRESP3Parser)}
+)
+
+
+def _parser_for(url: str) -> type[BaseParser]:
+    """The parser of the protocol the URL names (`?protocol=2`), or of redis-py's default one."""
+    protocol = parse_url(url).get("protocol") or DEFAULT_RESP_VERSION
+    return _PARSERS[int(str(protocol))]
+
+
+#: What Redis raises when it cannot serve now but may soon: away or silent, or up and refusing — loading its
+#: data after a restart (LOADING, a ConnectionError in redis-py), out of memory with `noeviction` (OOM), a
+#: replica refusing writes after a failover (READONLY) or serving nothing without its master
+#: (MASTERDOWN), unable to persist (MISCONF), short of replicas (NOREPLICAS), held by a script (BUSY). The
+#: store answers these as unavailable: a 503 with Retry-After in the API, a transient failure in the worker.
+REDIS_UNAVAILABLE: tuple[type[redis.exceptions.RedisError], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    *_ERROR_CODES.values(),
+)
 
 
 class KeyValue(Protocol):
@@ -189,6 +250,7 @@ class RedisStore:
             # scripts: a second put_pending finds its own claim and answers as a duplicate would).
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 2),
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+            parser_class=_parser_for(url),
         )
         self._delete_if_value = self._redis.register_script(_DELETE_IF_VALUE)
         # Called by every registration the API accepts: the calls of concurrent requests share round trips.
@@ -267,9 +329,9 @@ class RedisStore:
             return []
         async with _unavailable_on_error():
             results = await self._take.run([([fate], [_ms(ttl)]) for fate in fates])
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
         return [bool(result) for result in results]
 
     async def finish_pending(
@@ -466,9 +528,6 @@ async def _unavailable_on_error() -> AsyncIterator[None]:
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise AnswerLost("redis") from exc
+    except REDIS_UNAVAILABLE as exc:
         raise ServiceUnavailable("redis") from exc
-    except redis.exceptions.ResponseError as exc:
-        # A replica that cannot take writes, or a server out of memory: the store cannot serve now.
-        if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("OOM"):
-            raise ServiceUnavailable("redis") from exc
-        raise

@@ -63,6 +63,8 @@ BATCH_HARD_LIMIT = 60.0
 RECOVERY_WAIT = 10.0
 RECOVERY_PROBE_EVERY = 0.5
 RECOVERY_PROBE_TIMEOUT = 1.0
+#: The store key a pool process writes to learn whether the store takes writes again.
+PROBE_KEY = "probe:worker"
 SUPPORTED_POOLS = ("prefork", "solo")
 
 settings = get_settings()
@@ -162,10 +164,13 @@ WARM_UP_TIMEOUT = 2.0
 
 
 async def _reach_backends(rt: Runtime) -> None:
-    """A round trip to the database and one to the store; raises if either fails (the caller bounds it)."""
+    """A round trip to the database and a write to the store; raises if either fails (the caller bounds it).
+
+    A write, not a ping: a Redis out of memory, or one demoted to a replica, answers a ping and refuses the
+    writes a batch makes."""
     async with rt.engine.connect() as conn:
         await conn.exec_driver_sql("SELECT 1")
-    await rt.store.ping()
+    await rt.store.set(PROBE_KEY, str(os.getpid()), ttl=RECOVERY_PROBE_TIMEOUT)
 
 
 @worker_process_init.connect

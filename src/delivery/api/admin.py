@@ -28,6 +28,7 @@ from delivery.schemas import (
     PackageTypeRead,
     TransportCompanyBind,
 )
+from delivery.store import REDIS_UNAVAILABLE
 
 router = APIRouter(
     route_class=DecimalRoute, tags=["operators"], dependencies=[Depends(require_admin)], responses=ADMIN
@@ -193,6 +194,8 @@ async def job_state(task_id: uuid.UUID, resources: ResourcesDep) -> JobState:
     except TimeoutError:
         raise ServiceUnavailable("result backend") from None
     except Exception as exc:
-        if backend.exception_safe_to_retry(exc):
+        # Celery's own test names a connection lost; a Redis that answers that it cannot serve (a replica
+        # without its master, a restart still loading) is away as much.
+        if backend.exception_safe_to_retry(exc) or isinstance(exc, REDIS_UNAVAILABLE):
             raise ServiceUnavailable("result backend") from exc
         raise
