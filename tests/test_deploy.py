@@ -29,20 +29,23 @@ def test_compose_has_the_whole_service() -> None:
     services = _compose()["services"]
     # `docker compose up` runs these; the profiles' services (tests/test_deploy_cluster.py) only when asked.
     default = {name for name, service in services.items() if "profiles" not in service}
-    assert default == {"mysql", "redis", "rabbitmq", "migrate", "api", "worker", "beat"}
-    for name in ("mysql", "redis", "rabbitmq", "api"):
+    assert default == {"mariadb", "redis", "rabbitmq", "migrate", "api", "worker", "beat"}
+    for name in ("mariadb", "redis", "rabbitmq", "api"):
         assert services[name]["healthcheck"]["test"], f"{name} has a health check"
-    assert services["mysql"]["image"].startswith("mysql:8")
+    # The release the tests run on, and the official image's own readiness check (not merely a port open).
+    assert services["mariadb"]["image"] == "mariadb:10.11"
+    assert services["mariadb"]["healthcheck"]["test"] == ["CMD", "healthcheck.sh", "--connect", "--innodb_initialized"]
+    assert "mariadb-data:/var/lib/mysql" in services["mariadb"]["volumes"]
 
 
 def test_app_services_wait_for_healthy_backends_and_the_migration() -> None:
     services = _compose()["services"]
     for name in ("api", "worker", "beat"):
         depends = services[name]["depends_on"]
-        for backend in ("mysql", "redis", "rabbitmq"):
+        for backend in ("mariadb", "redis", "rabbitmq"):
             assert depends[backend]["condition"] == "service_healthy"
         assert depends["migrate"]["condition"] == "service_completed_successfully"
-    assert services["migrate"]["depends_on"]["mysql"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["mariadb"]["condition"] == "service_healthy"
 
 
 def test_commands_match_the_procfile_and_the_queues() -> None:
@@ -72,10 +75,11 @@ def test_env_template_names_exactly_the_settings() -> None:
 
 def test_backend_env_templates_match_what_the_app_connects_with() -> None:
     env = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line)
-    mysql = dict(line.split("=", 1) for line in (ROOT / "deploy/mysql.env.example").read_text().split())
+    mariadb = dict(line.split("=", 1) for line in (ROOT / "deploy/mariadb.env.example").read_text().split())
     rabbit = dict(line.split("=", 1) for line in (ROOT / "deploy/rabbitmq.env.example").read_text().split())
     assert env["DATABASE_URL"] == (
-        f"mysql+asyncmy://{mysql['MYSQL_USER']}:{mysql['MYSQL_PASSWORD']}@mysql:3306/{mysql['MYSQL_DATABASE']}"
+        f"mysql+asyncmy://{mariadb['MARIADB_USER']}:{mariadb['MARIADB_PASSWORD']}"
+        f"@mariadb:3306/{mariadb['MARIADB_DATABASE']}"
     )
     user, password = rabbit["RABBITMQ_DEFAULT_USER"], rabbit["RABBITMQ_DEFAULT_PASS"]
     assert env["CELERY_BROKER_URL"] == f"amqp://{user}:{password}@rabbitmq:5672//"
