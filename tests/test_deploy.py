@@ -34,7 +34,12 @@ def test_compose_has_the_whole_service() -> None:
         assert services[name]["healthcheck"]["test"], f"{name} has a health check"
     # The release the tests run on, and the official image's own readiness check (not merely a port open).
     assert services["mariadb"]["image"] == "mariadb:10.11"
-    assert services["mariadb"]["healthcheck"]["test"] == ["CMD", "healthcheck.sh", "--connect", "--innodb_initialized"]
+    assert services["mariadb"]["healthcheck"]["test"] == [
+        "CMD",
+        "healthcheck.sh",
+        "--connect",
+        "--innodb_initialized",
+    ]
     assert "mariadb-data:/var/lib/mysql" in services["mariadb"]["volumes"]
 
 
