@@ -29,9 +29,11 @@ def test_compose_has_the_whole_service() -> None:
     services = _compose()["services"]
     # `docker compose up` runs these; the profiles' services (tests/test_deploy_cluster.py) only when asked.
     default = {name for name, service in services.items() if "profiles" not in service}
-    assert default == {"mariadb", "redis", "rabbitmq", "migrate", "api", "worker", "beat"}
-    for name in ("mariadb", "redis", "rabbitmq", "api"):
+    assert default == {"mariadb", "redis", "rabbitmq", "migrate", "api", "worker", "beat", "proxy"}
+    for name in ("mariadb", "redis", "rabbitmq", "api", "worker", "proxy"):
         assert services[name]["healthcheck"]["test"], f"{name} has a health check"
+    # The image's check asks the API's port: beat serves none, and would be reported unhealthy by it.
+    assert services["beat"]["healthcheck"] == {"disable": True}
     # The release the tests run on, and the official image's own readiness check (not merely a port open).
     assert services["mariadb"]["image"] == "mariadb:10.11"
     assert services["mariadb"]["healthcheck"]["test"] == [
@@ -58,10 +60,11 @@ def test_commands_match_the_procfile_and_the_queues() -> None:
     assert services["migrate"]["command"] == ["delivery", "migrate"]
     assert services["api"]["command"] == ["delivery", "serve"]
     worker = services["worker"]["command"]
-    assert worker[:4] == ["celery", "-A", "delivery.worker", "worker"]
+    # --quiet: no banner in logs that are otherwise one JSON object per line.
+    assert worker[:5] == ["celery", "-A", "delivery.worker", "--quiet", "worker"]
     queues = set(worker[worker.index("-Q") + 1].split(","))
     assert queues == {REGISTRATION_QUEUE, PRICING_QUEUE}
-    assert services["beat"]["command"][:4] == ["celery", "-A", "delivery.worker", "beat"]
+    assert services["beat"]["command"][:5] == ["celery", "-A", "delivery.worker", "--quiet", "beat"]
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line)
     assert procfile["api"] == "delivery serve"
     assert f"-Q {REGISTRATION_QUEUE},{PRICING_QUEUE}" in procfile["worker"]
@@ -207,7 +210,8 @@ def test_prometheus_scrapes_the_api_and_grafana_is_provisioned() -> None:
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"][0]["targets"] == ["api:8000"]
+    # Every api container: DNS service discovery of the compose service's name.
+    assert job["dns_sd_configs"] == [{"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "30s"}]
     providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/delivery.yml").read_text())
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
@@ -223,3 +227,20 @@ def test_prometheus_scrapes_the_api_and_grafana_is_provisioned() -> None:
     for mount in (*mounts, "./deploy/prometheus/prometheus.yml"):
         if mount.startswith("./"):
             assert (ROOT / mount).exists(), mount
+
+
+def test_the_proxy_is_the_only_way_in() -> None:
+    services = _compose()["services"]
+    published = {
+        name for name, service in services.items() if service.get("ports") and "profiles" not in service
+    }
+    assert published == {"proxy"}
+    assert services["proxy"]["depends_on"]["api"]["condition"] == "service_healthy"
+    mounts = dict(volume.split(":")[:2] for volume in services["proxy"]["volumes"])
+    assert mounts["./deploy/proxy/conf.d"] == "/etc/nginx/conf.d"
+    assert (ROOT / "deploy/proxy/conf.d/delivery.conf").exists()
+    # The API trusts the forwarded client address from the edge network only, which the proxy shares with it.
+    edge = _compose()["networks"]["edge"]["ipam"]["config"][0]["subnet"]
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == edge
+    assert services["proxy"]["networks"] == ["edge"]
+    assert set(services["api"]["networks"]) == {"default", "edge"}

@@ -83,4 +83,4 @@ def test_the_service_uses_every_node_with_quorum_queues() -> None:
             assert service["depends_on"][node]["condition"] == "service_healthy"
         assert "rabbitmq" not in service["depends_on"]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert services["api-cluster"]["ports"] != services["api"]["ports"]
+    assert services["api-cluster"]["ports"] != services["proxy"]["ports"]  # both published, apart
