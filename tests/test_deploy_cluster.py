@@ -78,6 +78,7 @@ def test_the_service_uses_every_node_with_quorum_queues() -> None:
     for name, default in zip(APP, ("api", "worker", "beat"), strict=True):
         service = services[name]
         assert service["command"] == services[default]["command"]
+        assert service.get("healthcheck") == services[default]["healthcheck"]
         assert service["env_file"] == [".env", "deploy/cluster.env"]  # the later file wins
         for node in NODES:
             assert service["depends_on"][node]["condition"] == "service_healthy"
