@@ -28,7 +28,8 @@ build() {  # build DIRECTORY IMAGE
 }
 
 if [ -n "${REBUILD_BASE:-}" ] || ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-  timed base "$BASE_IMAGE" env BASE_IMAGE="$BASE_IMAGE" DOCKER="$DOCKER" ./base.sh >/dev/null
+  make_base() { BASE_IMAGE="$BASE_IMAGE" DOCKER="$DOCKER" ./base.sh >/dev/null; }
+  timed base "$BASE_IMAGE" make_base
 fi
 timed python delivery-offline/python:3.11 build python delivery-offline/python:3.11
 timed mariadb delivery-offline/mariadb:10.11 build mariadb delivery-offline/mariadb:10.11
