@@ -6,7 +6,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 BIN := .venv/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test chaos lint audit check-tests migrate price refresh-rate bench clean
+.PHONY: run test chaos compose-check lint audit check-tests migrate price refresh-rate bench clean
 
 run: .venv/.synced migrate
 	@rm -rf var/metrics && mkdir -p var/metrics
@@ -20,6 +20,11 @@ test: lint
 # Faults during bursts of 1,000 registrations: restarts this machine's MariaDB, Redis and RabbitMQ (serial).
 chaos: .venv/.synced
 	$(BIN)/pytest --chaos tests/chaos tests/cluster -p no:xdist -s
+
+# The images and compose.yaml on a Docker engine of the project's own (deploy/check/engine.sh starts one), proved
+# through the proxy's published port (deploy/check/compose_check.py); needs root for the engine.
+compose-check: .venv/.synced
+	$(BIN)/python deploy/check/compose_check.py
 
 lint: .venv/.synced
 	$(BIN)/ruff check .

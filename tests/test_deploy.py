@@ -29,20 +29,30 @@ def test_compose_has_the_whole_service() -> None:
     services = _compose()["services"]
     # `docker compose up` runs these; the profiles' services (tests/test_deploy_cluster.py) only when asked.
     default = {name for name, service in services.items() if "profiles" not in service}
-    assert default == {"mysql", "redis", "rabbitmq", "migrate", "api", "worker", "beat"}
-    for name in ("mysql", "redis", "rabbitmq", "api"):
+    assert default == {"mariadb", "redis", "rabbitmq", "migrate", "api", "worker", "beat", "proxy"}
+    for name in ("mariadb", "redis", "rabbitmq", "api", "worker", "proxy"):
         assert services[name]["healthcheck"]["test"], f"{name} has a health check"
-    assert services["mysql"]["image"].startswith("mysql:8")
+    # The image's check asks the API's port: beat serves none, and would be reported unhealthy by it.
+    assert services["beat"]["healthcheck"] == {"disable": True}
+    # The release the tests run on, and the official image's own readiness check (not merely a port open).
+    assert services["mariadb"]["image"] == "mariadb:10.11"
+    assert services["mariadb"]["healthcheck"]["test"] == [
+        "CMD",
+        "healthcheck.sh",
+        "--connect",
+        "--innodb_initialized",
+    ]
+    assert "mariadb-data:/var/lib/mysql" in services["mariadb"]["volumes"]
 
 
 def test_app_services_wait_for_healthy_backends_and_the_migration() -> None:
     services = _compose()["services"]
     for name in ("api", "worker", "beat"):
         depends = services[name]["depends_on"]
-        for backend in ("mysql", "redis", "rabbitmq"):
+        for backend in ("mariadb", "redis", "rabbitmq"):
             assert depends[backend]["condition"] == "service_healthy"
         assert depends["migrate"]["condition"] == "service_completed_successfully"
-    assert services["migrate"]["depends_on"]["mysql"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["mariadb"]["condition"] == "service_healthy"
 
 
 def test_commands_match_the_procfile_and_the_queues() -> None:
@@ -50,10 +60,11 @@ def test_commands_match_the_procfile_and_the_queues() -> None:
     assert services["migrate"]["command"] == ["delivery", "migrate"]
     assert services["api"]["command"] == ["delivery", "serve"]
     worker = services["worker"]["command"]
-    assert worker[:4] == ["celery", "-A", "delivery.worker", "worker"]
+    # --quiet: no banner in logs that are otherwise one JSON object per line.
+    assert worker[:5] == ["celery", "-A", "delivery.worker", "--quiet", "worker"]
     queues = set(worker[worker.index("-Q") + 1].split(","))
     assert queues == {REGISTRATION_QUEUE, PRICING_QUEUE}
-    assert services["beat"]["command"][:4] == ["celery", "-A", "delivery.worker", "beat"]
+    assert services["beat"]["command"][:5] == ["celery", "-A", "delivery.worker", "--quiet", "beat"]
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line)
     assert procfile["api"] == "delivery serve"
     assert f"-Q {REGISTRATION_QUEUE},{PRICING_QUEUE}" in procfile["worker"]
@@ -72,10 +83,11 @@ def test_env_template_names_exactly_the_settings() -> None:
 
 def test_backend_env_templates_match_what_the_app_connects_with() -> None:
     env = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line)
-    mysql = dict(line.split("=", 1) for line in (ROOT / "deploy/mysql.env.example").read_text().split())
+    mariadb = dict(line.split("=", 1) for line in (ROOT / "deploy/mariadb.env.example").read_text().split())
     rabbit = dict(line.split("=", 1) for line in (ROOT / "deploy/rabbitmq.env.example").read_text().split())
     assert env["DATABASE_URL"] == (
-        f"mysql+asyncmy://{mysql['MYSQL_USER']}:{mysql['MYSQL_PASSWORD']}@mysql:3306/{mysql['MYSQL_DATABASE']}"
+        f"mysql+asyncmy://{mariadb['MARIADB_USER']}:{mariadb['MARIADB_PASSWORD']}"
+        f"@mariadb:3306/{mariadb['MARIADB_DATABASE']}"
     )
     user, password = rabbit["RABBITMQ_DEFAULT_USER"], rabbit["RABBITMQ_DEFAULT_PASS"]
     assert env["CELERY_BROKER_URL"] == f"amqp://{user}:{password}@rabbitmq:5672//"
@@ -86,7 +98,9 @@ def test_backend_env_templates_match_what_the_app_connects_with() -> None:
 def test_image_is_multi_stage_and_runs_unprivileged() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
-    assert len(stages) >= 2 and all("slim" in image for image in stages)
+    # The base is a build argument (deploy/offline builds one from Debian); python:3.11-slim by default.
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", dockerfile, flags=re.MULTILINE)
+    assert len(stages) >= 2 and stages[0].startswith("${BASE_IMAGE}") and stages[-1] == "${BASE_IMAGE}"
     final = dockerfile.split("\nFROM ")[-1]
     assert re.search(r"^USER (?!root)\S+", final, flags=re.MULTILINE)
     assert "uv sync" not in final and "apt-get" not in final
@@ -196,7 +210,8 @@ def test_prometheus_scrapes_the_api_and_grafana_is_provisioned() -> None:
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"][0]["targets"] == ["api:8000"]
+    # Every api container: DNS service discovery of the compose service's name.
+    assert job["dns_sd_configs"] == [{"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "30s"}]
     providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/delivery.yml").read_text())
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
@@ -212,3 +227,20 @@ def test_prometheus_scrapes_the_api_and_grafana_is_provisioned() -> None:
     for mount in (*mounts, "./deploy/prometheus/prometheus.yml"):
         if mount.startswith("./"):
             assert (ROOT / mount).exists(), mount
+
+
+def test_the_proxy_is_the_only_way_in() -> None:
+    services = _compose()["services"]
+    published = {
+        name for name, service in services.items() if service.get("ports") and "profiles" not in service
+    }
+    assert published == {"proxy"}
+    assert services["proxy"]["depends_on"]["api"]["condition"] == "service_healthy"
+    mounts = dict(volume.split(":")[:2] for volume in services["proxy"]["volumes"])
+    assert mounts["./deploy/proxy/conf.d"] == "/etc/nginx/conf.d"
+    assert (ROOT / "deploy/proxy/conf.d/delivery.conf").exists()
+    # The API trusts the forwarded client address from the edge network only, which the proxy shares with it.
+    edge = _compose()["networks"]["edge"]["ipam"]["config"][0]["subnet"]
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == edge
+    assert services["proxy"]["networks"] == ["edge"]
+    assert set(services["api"]["networks"]) == {"default", "edge"}

@@ -78,9 +78,10 @@ def test_the_service_uses_every_node_with_quorum_queues() -> None:
     for name, default in zip(APP, ("api", "worker", "beat"), strict=True):
         service = services[name]
         assert service["command"] == services[default]["command"]
+        assert service.get("healthcheck") == services[default]["healthcheck"]
         assert service["env_file"] == [".env", "deploy/cluster.env"]  # the later file wins
         for node in NODES:
             assert service["depends_on"][node]["condition"] == "service_healthy"
         assert "rabbitmq" not in service["depends_on"]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert services["api-cluster"]["ports"] != services["api"]["ports"]
+    assert services["api-cluster"]["ports"] != services["proxy"]["ports"]  # both published, apart
