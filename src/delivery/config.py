@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     WEB_CONCURRENCY: PositiveInt = Field(default_factory=_cpu_count)
     #: Seconds the API keeps an idle client connection open.
     KEEP_ALIVE_TIMEOUT: PositiveInt = 75
+    #: Deliveries of a failing registration job (each after a growing delay) before it is dead-lettered.
+    DEAD_LETTER_AFTER: PositiveInt = 5
 
     @field_validator("ADMIN_TOKEN")
     @classmethod

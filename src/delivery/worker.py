@@ -24,7 +24,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from delivery import jobs, logs, maintenance, metrics, registration
+from delivery import deadletters, jobs, logs, maintenance, metrics, registration
 from delivery.broker import (
     BATCH_INTERVAL,
     BATCH_SIZE,
@@ -34,6 +34,8 @@ from delivery.broker import (
     REGISTER_TASK,
     create_celery,
     embedded_broker_file,
+    failed_deliveries,
+    publish_job_body,
     publish_registration,
     queued_registrations,
 )
@@ -245,14 +247,31 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
 def register_packages(requests: list[SimpleRequest]) -> bool:
     """Register a batch of accepted packages; jobs to try later are published again before it returns.
 
-    A message holds one job per argument: one, or the group the API's publisher sent together."""
-    batch = [RegistrationJob.from_json(job) for request in requests for job in request.args]
+    A message holds one job per argument: one, or the group the API's publisher sent together. A job this
+    worker cannot read (a body a newer API wrote, a corrupted one) is a failed delivery of its own; the
+    others go on."""
+    batch: list[RegistrationJob] = []
+    #: The failed deliveries each job had before this one (its message's count), and the unreadable ones.
+    failed_before: dict[str, int] = {}
+    unreadable: list[tuple[registration.Failure, int]] = []
+    for request in requests:
+        before = failed_deliveries(request.request_dict)
+        for body in request.args:
+            try:
+                job = RegistrationJob.from_json(body)
+            except Exception as exc:
+                unreadable.append((registration.Failure(body, f"unreadable job: {exc!r}"[:500]), before))
+                continue
+            batch.append(job)
+            failed_before[job.registration_id] = max(before, failed_before.get(job.registration_id, 0))
     retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
     with logs.about_registrations(*(job.registration_id for job in batch)):
-        return _register_batch(batch, retries)
+        done = _register_batch(batch, retries, failed_before) if batch else True
+    _after_failures(unreadable)
+    return done
 
 
-def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
+def _register_batch(batch: list[RegistrationJob], retries: int, failed_before: dict[str, int]) -> bool:
     logger.info(
         "registration batch taken size=%s retries=%s pid=%s registration_ids=%s",
         len(batch),
@@ -262,7 +281,7 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
     )
     rt = runtime()
 
-    async def attempt() -> list[registration.Retry]:
+    async def attempt() -> registration.BatchOutcome:
         async with asyncio.timeout(BATCH_DEADLINE):
             return await registration.register_batch(
                 rt.maker,
@@ -274,8 +293,10 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
                 retries=retries,
             )
 
+    failed: list[registration.Failure] = []
     try:
-        later = run(attempt())
+        outcome = run(attempt())
+        later, failed = outcome.later, outcome.failed
     except TRANSIENT as exc:
         metrics.JOB_RETRIES.labels(REGISTER_TASK, "transient").inc(len(batch))
         logger.warning("registration batch will retry size=%s retries=%s error=%r", len(batch), retries, exc)
@@ -291,7 +312,54 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
             later = [registration.Retry(job, 0.0) for job in batch]
     for retry in later:
         publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1)
+    _after_failures([(f, failed_before.get(f.registration_id or "", 0)) for f in failed])
     return True
+
+
+def _after_failures(failed: list[tuple[registration.Failure, int]]) -> None:
+    """Each failed job (with its failed deliveries before this one) is tried again later, alone, after a
+    growing delay; or, at its `DEAD_LETTER_AFTER`th delivery or when it cannot succeed as it is, is
+    dead-lettered and its registration `failed`. One line each, without a traceback: the reason says it."""
+    letters: list[deadletters.Letter] = []
+    limit = settings.DEAD_LETTER_AFTER
+    for failure, before in failed:
+        deliveries = before + 1
+        if failure.final or deliveries >= limit:
+            logger.error(
+                "registration job failed registration_id=%s delivery=%s of %s, dead-lettered reason=%s",
+                failure.registration_id,
+                deliveries,
+                limit,
+                failure.reason,
+            )
+            letters.append(deadletters.Letter(failure, deliveries))
+            continue
+        delay = deadletters.failure_delay(deliveries)
+        logger.warning(
+            "registration job failed registration_id=%s delivery=%s of %s, tried again in %.1f s reason=%s",
+            failure.registration_id,
+            deliveries,
+            limit,
+            delay,
+            failure.reason,
+        )
+        metrics.JOB_RETRIES.labels(REGISTER_TASK, "failure").inc()
+        publish_job_body(app, failure.body, countdown=delay, failed=deliveries)
+    if not letters:
+        return
+    rt = runtime()
+    try:
+        run(deadletters.bury(rt.maker, rt.store, letters))
+    except Exception as exc:
+        # Not kept (the database or the store away): each is delivered once more, as its last delivery.
+        logger.warning("dead letters not kept, delivered again count=%s error=%r", len(letters), exc)
+        for letter in letters:
+            publish_job_body(
+                app,
+                letter.failure.body,
+                countdown=deadletters.failure_delay(letter.deliveries),
+                failed=max(letter.deliveries, limit) - 1,
+            )
 
 
 async def _answers(rt: Runtime) -> bool:

@@ -6,11 +6,11 @@ from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 
-from delivery import service
+from delivery import deadletters, service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
 from delivery.api.responses import ADMIN, CONFLICT, PACKAGE_NOT_FOUND
 from delivery.api.routing import DecimalRoute
-from delivery.broker import PRICE_TASK
+from delivery.broker import PRICE_TASK, publish_job_body
 from delivery.errors import ServiceUnavailable
 from delivery.schemas import (
     MAX_RANGE_DAYS,
@@ -18,6 +18,9 @@ from delivery.schemas import (
     DailyCosts,
     DailyCostsRange,
     DailyTypeTotal,
+    DeadLetterRead,
+    DeadLetters,
+    DeadLettersRequeued,
     IsoDate,
     JobAccepted,
     JobState,
@@ -96,6 +99,27 @@ def _invalid(
 async def backlog(db: DbSession, resources: ResourcesDep) -> Backlog:
     """Packages without a cost, registrations still pending, and when a cost was last calculated."""
     return await service.backlog(db, resources.store)
+
+
+@router.get("/admin/dead-letters/")
+async def dead_letters(db: DbSession) -> DeadLetters:
+    """The registration jobs that could not succeed: how many, since when, and the oldest of them."""
+    summary = await deadletters.summary(db)
+    items = [DeadLetterRead.model_validate(letter) for letter in await deadletters.oldest(db)]
+    return DeadLetters(count=summary.count, oldest_at=summary.oldest_at, items=items)
+
+
+@router.post("/admin/dead-letters/requeue/", status_code=202)
+async def requeue_dead_letters(resources: ResourcesDep) -> DeadLettersRequeued:
+    """Send every dead letter back to the registration queue (after the cause was fixed)."""
+
+    async def publish(body: Any) -> None:
+        await anyio.to_thread.run_sync(publish_job_body, resources.celery, body)
+
+    sent = await deadletters.requeue(
+        resources.maker, resources.store, publish, status_ttl=resources.settings.STATUS_TTL
+    )
+    return DeadLettersRequeued(requeued=sent)
 
 
 @router.post("/admin/jobs/price-packages/", status_code=202)
