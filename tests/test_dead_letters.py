@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import delete, insert, select, text
 
-from delivery.broker import REGISTER_TASK, create_celery
+from delivery.broker import REGISTER_TASK, create_celery, publish_job_body
 from delivery.models import DeadLetter, PackageType
 from delivery.registration import RegistrationJob, StatusRecord, accept_registration, status_key
 from delivery.schemas import PackageCreate
@@ -190,6 +190,27 @@ async def test_a_job_that_cannot_succeed_is_dead_lettered_and_its_batch_register
     # Each delivery after a growing delay (at least half of 2 s, doubling): never a hot loop.
     gaps = [(_at(b) - _at(a)).total_seconds() for a, b in itertools.pairwise(lines)]
     assert all(gap >= 1.0 * 2**i for i, gap in enumerate(gaps)), gaps
+
+
+async def test_the_count_of_failed_deliveries_travels_with_the_job(
+    customer: httpx.AsyncClient, stack: Stack, own_worker: WorkerProcess, maker: Maker
+) -> None:
+    """A job whose message says it failed twice already is dead-lettered at its third delivery, the first
+    this worker makes: the count is the job's, whichever worker delivers it."""
+    session_id = await open_session(customer)
+    (body,) = await _pending_jobs(stack, session_id, 1)
+    body = body | {"insured_value_usd": "100"}
+    celery = create_celery(stack.settings)
+    try:
+        await asyncio.to_thread(publish_job_body, celery, body, failed=LIMIT - 1)
+    finally:
+        celery.close()
+    status = await wait_done(customer, f"/packages/status/{body['registration_id']}/")
+    assert status["state"] == "failed", status
+    (letter,) = await _letters(maker)
+    assert letter.deliveries == LIMIT
+    (line,) = _failure_lines(own_worker.log(), body["registration_id"])
+    assert f"delivery={LIMIT} of {LIMIT}, dead-lettered" in line
 
 
 async def test_a_dead_letter_sent_back_registers_once_fixed(

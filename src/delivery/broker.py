@@ -224,14 +224,14 @@ def _result_backend(settings: Settings) -> str:
 
 
 def publish_registration(
-    app: Celery, job: RegistrationJob, *, countdown: float | None = None, retries: int = 0
+    app: Celery, job: RegistrationJob, *, countdown: float | None = None, retries: int = 0, failed: int = 0
 ) -> None:
     """Publish a registration job through Celery's producer pool, blocking until the broker confirms it.
 
     As `send_task` would, but without subscribing to its result: on the Redis backend `send_task`
     SUBSCRIBEs the publisher to the task's result channel, a round trip that nobody here reads (a
     registration's record is its status, not a Celery result)."""
-    publish_job_body(app, job.to_json(), countdown=countdown, retries=retries)
+    publish_job_body(app, job.to_json(), countdown=countdown, retries=retries, failed=failed)
 
 
 #: The message header that counts the failed deliveries of the job a message holds (absent: none).

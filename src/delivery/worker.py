@@ -311,7 +311,9 @@ def _register_batch(batch: list[RegistrationJob], retries: int, failed_before: d
             )
             later = [registration.Retry(job, 0.0) for job in batch]
     for retry in later:
-        publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1)
+        # A job that failed before keeps its count through a wait for the bank or a service.
+        failed_so_far = failed_before.get(retry.job.registration_id, 0)
+        publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1, failed=failed_so_far)
     _after_failures([(f, failed_before.get(f.registration_id or "", 0)) for f in failed])
     return True
 
