@@ -12,12 +12,19 @@ from decimal import Decimal
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from celery import Celery
 from sqlalchemy import delete, insert, select, text
 
 from delivery.broker import REGISTER_TASK, create_celery, publish_job_body
 from delivery.models import DeadLetter, PackageType
-from delivery.registration import RegistrationJob, StatusRecord, accept_registration, status_key
+from delivery.registration import (
+    PENDING_INDEX,
+    RegistrationJob,
+    StatusRecord,
+    accept_registration,
+    status_key,
+)
 from delivery.schemas import PackageCreate
 from delivery.store import create_store
 from tests.conftest import TYPES
@@ -211,6 +218,53 @@ async def test_the_count_of_failed_deliveries_travels_with_the_job(
     assert letter.deliveries == LIMIT
     (line,) = _failure_lines(own_worker.log(), body["registration_id"])
     assert f"delivery={LIMIT} of {LIMIT}, dead-lettered" in line
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # the embedded store has no types to confuse
+async def test_a_batch_that_fails_as_a_whole_is_not_taken_again_at_once(
+    customer: httpx.AsyncClient,
+    stack: Stack,
+    own_worker: WorkerProcess,
+    maker: Maker,
+    admin_headers: dict[str, str],
+) -> None:
+    """Redis refusing the batch's command on the index of pending registrations (a WRONGTYPE: the key holds
+    a string): no job can be registered, and the batch is not rejected back into the queue, to come back at
+    once, for ever. Each job counts its deliveries, growing apart, and is dead-lettered; once the store is
+    mended they are sent back and registered."""
+    session_id = await open_session(customer)
+    bodies = await _pending_jobs(stack, session_id, 3)
+    client = aioredis.Redis.from_url(str(stack.settings.REDIS_URL))
+    try:
+        await client.set(PENDING_INDEX, "not a sorted set")
+        await _send(stack, bodies)
+
+        async def all_kept() -> bool:
+            return len(await _letters(maker)) == 3
+
+        await wait_until(all_kept, 30, "every job dead-lettered")
+        await asyncio.sleep(1.0)  # a further delivery, had one been sent, would have come by now
+    finally:
+        await client.delete(PENDING_INDEX)
+        await client.aclose()
+    letters = await _letters(maker)
+    assert {(letter.registration_id, letter.deliveries) for letter in letters} == {
+        (body["registration_id"], LIMIT) for body in bodies
+    }
+    assert all("WRONGTYPE" in letter.reason for letter in letters), letters[0].reason
+    log = own_worker.log()
+    assert "Traceback" not in log
+    for body in bodies:
+        lines = _failure_lines(log, body["registration_id"])
+        assert len(lines) == LIMIT, lines
+        gaps = [(_at(b) - _at(a)).total_seconds() for a, b in itertools.pairwise(lines)]
+        assert all(gap >= 1.0 * 2**i for i, gap in enumerate(gaps)), gaps
+
+    sent = await customer.post("/admin/dead-letters/requeue/", headers=admin_headers)
+    assert sent.json() == {"requeued": 3}
+    statuses = [await wait_done(customer, f"/packages/status/{b['registration_id']}/") for b in bodies]
+    assert [s["state"] for s in statuses] == ["registered"] * 3, statuses
+    assert len(await packages_by_registration(maker)) == 3
 
 
 async def test_a_dead_letter_sent_back_registers_once_fixed(

@@ -68,9 +68,8 @@ class Letter:
     deliveries: int
 
 
-async def bury(maker: async_sessionmaker[AsyncSession], store: Store, letters: Sequence[Letter]) -> None:
-    """Keep the letters (one transaction; a registration's letter written again replaces its row), then mark
-    their registrations `failed` with the reason (one store round trip)."""
+async def keep(maker: async_sessionmaker[AsyncSession], letters: Sequence[Letter]) -> None:
+    """Keep the letters, in one transaction; a registration's letter written again replaces its row."""
     if not letters:
         return
     now = utcnow()
@@ -98,6 +97,10 @@ async def bury(maker: async_sessionmaker[AsyncSession], store: Store, letters: S
             my = mysql.insert(DeadLetter).values(rows)
             stmt = my.on_duplicate_key_update({name: my.inserted[name] for name in _REPLACED})
         await conn.execute(stmt)
+
+
+async def mark_failed(store: Store, letters: Sequence[Letter]) -> None:
+    """The letters' registrations `failed` with the reason, in one store round trip."""
     await record_failed(
         store,
         [

@@ -251,23 +251,35 @@ def register_packages(requests: list[SimpleRequest]) -> bool:
     worker cannot read (a body a newer API wrote, a corrupted one) is a failed delivery of its own; the
     others go on."""
     batch: list[RegistrationJob] = []
-    #: The failed deliveries each job had before this one (its message's count), and the unreadable ones.
+    #: The failed deliveries each job had before this one (its message's count); the jobs failed here.
     failed_before: dict[str, int] = {}
-    unreadable: list[tuple[registration.Failure, int]] = []
+    failures: list[tuple[registration.Failure, int]] = []
     for request in requests:
         before = failed_deliveries(request.request_dict)
         for body in request.args:
             try:
                 job = RegistrationJob.from_json(body)
             except Exception as exc:
-                unreadable.append((registration.Failure(body, f"unreadable job: {exc!r}"[:500]), before))
+                failures.append((registration.Failure(body, f"unreadable job: {exc!r}"[:500]), before))
                 continue
             batch.append(job)
             failed_before[job.registration_id] = max(before, failed_before.get(job.registration_id, 0))
     retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
     with logs.about_registrations(*(job.registration_id for job in batch)):
-        done = _register_batch(batch, retries, failed_before) if batch else True
-    _after_failures(unreadable)
+        try:
+            done = _register_batch(batch, retries, failed_before) if batch else True
+        except Exception as exc:
+            # Neither a job's failure (narrowed down inside) nor a service away: the batch as a whole failed
+            # (the store refusing a command, say). Rejected, it would come back at once, for ever, a traceback
+            # each time: instead each of its jobs counts a failed delivery and is tried again later, alone.
+            reason = registration.failure_reason(exc)
+            logger.error("registration batch failed size=%s error=%s", len(batch), reason)
+            failures += [
+                (registration.Failure(job.to_json(), reason), failed_before[job.registration_id])
+                for job in batch
+            ]
+            done = True
+    _after_failures(failures)
     return done
 
 
@@ -351,9 +363,9 @@ def _after_failures(failed: list[tuple[registration.Failure, int]]) -> None:
         return
     rt = runtime()
     try:
-        run(deadletters.bury(rt.maker, rt.store, letters))
+        run(deadletters.keep(rt.maker, letters))
     except Exception as exc:
-        # Not kept (the database or the store away): each is delivered once more, as its last delivery.
+        # Not kept (the database away): each is delivered once more, as its last delivery.
         logger.warning("dead letters not kept, delivered again count=%s error=%r", len(letters), exc)
         for letter in letters:
             publish_job_body(
@@ -362,6 +374,12 @@ def _after_failures(failed: list[tuple[registration.Failure, int]]) -> None:
                 countdown=deadletters.failure_delay(letter.deliveries),
                 failed=max(letter.deliveries, limit) - 1,
             )
+        return
+    try:
+        run(deadletters.mark_failed(rt.store, letters))
+    except Exception as exc:
+        # Kept, their statuses still pending: the letters are what an operator sends back.
+        logger.warning("dead letters kept, their statuses not written count=%s error=%r", len(letters), exc)
 
 
 async def _answers(rt: Runtime) -> bool:
