@@ -220,6 +220,35 @@ async def test_the_count_of_failed_deliveries_travels_with_the_job(
     assert f"delivery={LIMIT} of {LIMIT}, dead-lettered" in line
 
 
+async def test_a_job_delivered_twice_in_one_batch_leaves_one_letter(
+    customer: httpx.AsyncClient, stack: Stack, own_worker: WorkerProcess, maker: Maker
+) -> None:
+    """The same failing job twice in one message (published again by recovery, say), both at their last
+    delivery, dead-lettered by one statement: one letter for the registration (the second replaces the
+    first), its status `failed`."""
+    session_id = await open_session(customer)
+    (body,) = await _pending_jobs(stack, session_id, 1)
+    body = body | {"insured_value_usd": "100"}
+    celery = create_celery(stack.settings)
+    args = (body, body)
+    message = celery.amqp.create_task_message("twice", REGISTER_TASK, args, {})
+    message.headers["failed_deliveries"] = LIMIT - 1
+    route = celery.amqp.router.route({}, REGISTER_TASK, args, {})
+
+    def send() -> None:
+        with celery.producer_or_acquire() as producer:
+            celery.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
+
+    try:
+        await asyncio.to_thread(send)
+    finally:
+        celery.close()
+    status = await wait_done(customer, f"/packages/status/{body['registration_id']}/")
+    assert status["state"] == "failed", status
+    (letter,) = await _letters(maker)
+    assert (letter.registration_id, letter.deliveries) == (body["registration_id"], LIMIT)
+
+
 @pytest.mark.parametrize("stack", ["real"], indirect=True)  # the embedded store has no types to confuse
 async def test_a_batch_that_fails_as_a_whole_is_not_taken_again_at_once(
     customer: httpx.AsyncClient,

@@ -259,13 +259,15 @@ class Failure:
 
     @property
     def registration_id(self) -> str | None:
+        """The registration the body names, if it names one that could be (a UUID's text is 36 long)."""
         value = self.body.get("registration_id") if isinstance(self.body, dict) else None
-        return value if isinstance(value, str) and value else None
+        return value if isinstance(value, str) and 0 < len(value) <= 64 else None
 
     @property
     def session_id(self) -> int | None:
         value = self.body.get("session_id") if isinstance(self.body, dict) else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        valid = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+        return value if valid else None
 
 
 @dataclass(slots=True)
