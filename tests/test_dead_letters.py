@@ -80,7 +80,7 @@ async def _pending_jobs(stack: Stack, session_id: int, count: int) -> list[Json]
     try:
         for _ in range(count):
             registration_id = await accept_registration(
-                store, hold, session_id=session_id, data=BODY, idempotency_key_value=None, status_ttl=3600
+                store, hold, session_id=session_id, data=BODY, idempotency_key=None, status_ttl=3600
             )
             raw = await store.get(status_key(registration_id))
             assert raw is not None

@@ -1,19 +1,29 @@
 """`/metrics`: what operators graph, from the API and (through the shared directory) from the worker."""
 
 import asyncio
+import fcntl
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
+from delivery.broker import create_celery, publish_registration
+from delivery.models import Package
+from delivery.registration import RegistrationJob
 from tests.factories import Maker, add_packages, open_session
-from tests.helpers import register, valid_body, wait_all_done, wait_until
-from tests.stack import ApiProcess, Stack, WorkerProcess
+from tests.fakebank import FakeBank
+from tests.helpers import register, status_id_of, valid_body, wait_all_done, wait_until
+from tests.stack import ApiProcess, Stack, WorkerProcess, clear_store
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -142,3 +152,91 @@ async def test_a_killed_api_process_leaves_no_stale_gauge(stack: Stack, tmp_path
     finally:
         api.stop()
     assert sorted(path.name for path in shared.glob("gauge_live*")) == [], "a stopped process left its gauge"
+
+
+#: A process starting as an API process does: it claims its identity once told to, then says so.
+_STARTING = """
+import sys
+from delivery import metrics
+sys.stdin.readline()
+metrics.start_api_process()
+print("started", flush=True)
+"""
+
+
+def test_a_starting_process_waits_for_a_sweep_that_holds_its_lock(tmp_path: Path) -> None:
+    """Pids repeat (pid 1 in every container): the lock file of a dead process can carry the identity a new
+    process starts with, and another process's sweep holds that lock while it removes the dead one's
+    gauges. The new process waits for it, rather than dying at start."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STARTING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        # The lock of the identity the child has, held as `metrics.sweep_dead_processes` holds it.
+        with (shared / f"{_identity(child.pid)}.lock").open("a") as sweeping:
+            fcntl.flock(sweeping, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            time.sleep(1.0)
+            assert child.poll() is None, "the starting process died while a sweep held its lock"
+        out, _ = child.communicate(timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0 and out == "started\n", out
+
+
+async def test_a_package_is_counted_once_however_often_its_job_runs(
+    stack: Stack,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    maker: Maker,
+    bank: FakeBank,
+) -> None:
+    """A job run again (redelivered, or published again by the recovery) whose package exists counts
+    nothing more, and a run without a rate does not count the priced package as registered without one."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    stack.stop_shared_worker()
+    worker = start_worker(PROMETHEUS_MULTIPROC_DIR=str(shared)).start()
+    api = ApiProcess(stack, PROMETHEUS_MULTIPROC_DIR=str(shared)).start()
+    celery = create_celery(stack.settings)
+    try:
+        async with httpx.AsyncClient(base_url=api.url) as http:
+            await http.get("/sessions/new/")
+            body = valid_body()
+            location = await register(http, body)
+            await wait_all_done(http, [location])
+            registration_id = status_id_of(location)
+            async with maker() as db:
+                package = await db.scalar(
+                    select(Package).where(Package.registration_id == uuid.UUID(registration_id))
+                )
+            assert package is not None and package.delivery_cost_rub is not None
+            # Long accepted: a run without a rate registers at once, without a cost.
+            job = RegistrationJob(
+                registration_id, package.session_id, body["name"], body["weight_kg"], body["type_id"],
+                body["content_value_usd"], accepted_at=0.0,
+            )  # fmt: skip
+            for bank_mode in ("error", "ok"):
+                bank.mode = bank_mode
+                await clear_store(stack.settings)  # the rate cache with it
+                # Logged after the job's outcome was counted, once per run.
+                outcome_line = f"registration_id={registration_id} package_id={package.id}"
+                runs = worker.log().count(outcome_line)
+                await asyncio.to_thread(publish_registration, celery, job)
+                await wait_until(
+                    lambda line=outcome_line, before=runs: worker.log().count(line) > before,
+                    60,
+                    "the job run again",
+                )
+            samples = _samples((await http.get("/metrics")).text)
+    finally:
+        celery.close()
+        api.stop()
+    assert samples.get(("delivery_registrations_total", (("outcome", "registered"),))) == 1, samples
+    assert samples.get(("delivery_registrations_total", (("outcome", "registered_without_cost"),)), 0) == 0

@@ -154,15 +154,29 @@ async def test_type_id_documents_the_existing_types(client: httpx.AsyncClient, s
 
 
 async def test_allow_lists_every_method_of_the_path(client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
-    """A method a path does not take is 405, and `Allow` names all the methods it takes."""
+    """A method a path does not take is 405, and `Allow` names exactly the methods the document gives it:
+    no route shadows another (a task id is a UUID, so /admin/jobs/price-packages/ is no job's path)."""
     for path, operations in spec["paths"].items():
-        url = path.format(package_id=1, status_id=uuid.uuid4(), task_id="some-task")
+        url = path.format(package_id=1, status_id=uuid.uuid4(), task_id=uuid.uuid4())
         response = await client.options(url)
         assert response.status_code == 405, (path, response.text)
         allowed = {method.strip() for method in response.headers["Allow"].split(",")}
-        # Superset: /admin/jobs/price-packages/ is also /admin/jobs/{task_id}/, which takes GET.
-        assert allowed >= {method.upper() for method in operations}, path
+        assert allowed == {method.upper() for method in operations}, path
         assert response.json() == {"detail": "Method Not Allowed"}
+
+
+async def test_a_task_id_is_a_uuid(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
+    """`GET /admin/jobs/price-packages/` is no job's state but a method the path does not take; an id that
+    is not a UUID names no job."""
+    shadowed = await client.get("/admin/jobs/price-packages/", headers=admin_headers)
+    assert shadowed.status_code == 405, shadowed.text
+    assert shadowed.headers["Allow"] == "POST"
+    for task_id in ("some-task", "1", uuid.uuid4().hex[:-1]):
+        response = await client.get(f"/admin/jobs/{task_id}/", headers=admin_headers)
+        assert response.status_code == 404, (task_id, response.text)
+    known = uuid.uuid4()
+    response = await client.get(f"/admin/jobs/{str(known).upper()}/", headers=admin_headers)
+    assert response.status_code == 200 and response.json()["task_id"] == str(known), response.text
 
 
 async def test_documented_error_bodies_are_the_ones_sent(
@@ -206,3 +220,40 @@ async def test_docs_page_serves(client: httpx.AsyncClient) -> None:
     response = await client.get("/docs")
     assert response.status_code == 200
     assert "swagger" in response.text.lower()
+
+
+#: Queries of GET /admin/stats/daily-costs/: whether the server takes each one's shape.
+DAILY_COSTS_QUERIES = [
+    ({"date": "2026-01-05"}, True),
+    ({"from": "2026-01-01", "to": "2026-01-31"}, True),
+    ({}, False),
+    ({"to": "2026-01-31"}, False),
+    ({"from": "2026-01-01"}, False),
+    ({"date": "2026-01-05", "from": "2026-01-01", "to": "2026-01-31"}, False),
+]
+
+
+def _documented_shapes(operation: dict[str, Any]) -> list[tuple[set[str], set[str]]]:
+    """The query's documented shapes, each (required names, allowed names): one per `oneOf` branch of an
+    exploded object parameter, or the query parameters themselves."""
+    query = [parameter for parameter in operation["parameters"] if parameter["in"] == "query"]
+    if len(query) == 1 and query[0].get("explode") and "oneOf" in query[0]["schema"]:
+        return [
+            (set(branch["required"]), set(branch["properties"]))
+            for branch in query[0]["schema"]["oneOf"]
+            if branch.get("additionalProperties") is False
+        ]
+    names = {parameter["name"] for parameter in query}
+    return [({parameter["name"] for parameter in query if parameter.get("required")}, names)]
+
+
+async def test_the_daily_costs_query_is_documented_as_the_server_takes_it(
+    client: httpx.AsyncClient, spec: dict[str, Any], admin_headers: dict[str, str]
+) -> None:
+    """`date`, or `from` with `to`: a query of another shape (`?to=` alone, none at all) is 422, and the
+    document says so rather than offering it as valid."""
+    shapes = _documented_shapes(spec["paths"]["/admin/stats/daily-costs/"]["get"])
+    for query, taken in DAILY_COSTS_QUERIES:
+        documented = any(required <= query.keys() <= allowed for required, allowed in shapes)
+        response = await client.get("/admin/stats/daily-costs/", params=query, headers=admin_headers)
+        assert (documented, response.status_code) == (taken, 200 if taken else 422), (query, response.text)

@@ -8,8 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,8 +21,12 @@ import pytest
 from bench.load import HttpConnection
 from delivery.api import app as app_module
 from delivery.api import create_app
+from delivery.broker import BATCH_SIZE, PUBLISH_GROUP, REGISTER_TASK, create_celery
 from delivery.config import Settings
 from delivery.logs import ContextFilter, formatter, request_id
+from delivery.registration import RegistrationJob
+from delivery.worker import jobs_batches
+from tests.factories import open_session
 from tests.fakebank import FakeBank
 from tests.helpers import (
     Maker,
@@ -174,6 +181,72 @@ async def test_job_lines_carry_the_registration_id(
     for line in job_lines:
         if line["name"].startswith("delivery."):
             assert line["registration_id"] == registration_id, line
+
+
+async def test_a_batch_holds_at_most_batch_size_jobs_and_a_job_line_names_its_job_alone(
+    customer: httpx.AsyncClient,
+    stack: Stack,
+    start_worker: Callable[..., WorkerProcess],
+    maker: Maker,
+) -> None:
+    """Messages of several jobs each (as the API's publisher groups them), queued before the worker starts:
+    the worker's batches stay within BATCH_SIZE jobs, not messages, and every line that names a
+    registration names one, the one it is about."""
+    stack.stop_shared_worker()
+    session_id = await open_session(customer)
+    now = time.time()
+    jobs = [
+        RegistrationJob(str(uuid.uuid4()), session_id, f"parcel {n}", "1.000", 1, "10.00", now)
+        for n in range(3 * PUBLISH_GROUP)
+    ]
+    celery = create_celery(stack.settings)
+    try:
+        for start in range(0, len(jobs), PUBLISH_GROUP):
+            group = jobs[start : start + PUBLISH_GROUP]
+            await asyncio.to_thread(
+                celery.send_task, REGISTER_TASK, args=[job.to_json() for job in group], ignore_result=True
+            )
+    finally:
+        celery.close()
+    worker = start_worker(LOG_FORMAT="json", concurrency=1).start()
+    ids = {job.registration_id for job in jobs}
+    registered = {uuid.UUID(job_id) for job_id in ids}
+    deadline = time.monotonic() + 60
+    while set(await packages_by_registration(maker)) != registered:
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        await asyncio.sleep(0.2)
+
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    taken = [str(line["message"]) for line in lines if "registration batch taken" in str(line["message"])]
+    sizes = [int(message.split("size=")[1].split()[0]) for message in taken]
+    named = [line for line in lines if line.get("registration_id")]
+    misnamed = [
+        line
+        for line in named
+        if line["registration_id"] not in ids
+        or f"registration_id={line['registration_id']}" not in str(line["message"])
+    ]
+    assert (misnamed[:3], sum(sizes), max(sizes) <= BATCH_SIZE) == ([], len(jobs), True), sizes
+    assert len(named) >= len(jobs), "a line about each job"
+
+
+@pytest.mark.parametrize(
+    ("jobs", "batches"),
+    [
+        ([], []),
+        ([64, 64, 64], [[64], [64], [64]]),
+        ([1] * 150, [[1] * 100, [1] * 50]),
+        ([30, 80, 20], [[30], [80, 20]]),
+        ([150, 1], [[150], [1]]),  # a message is never split: alone, it may pass the bound
+        ([0, 100, 1], [[0, 100], [1]]),
+    ],
+)
+def test_batches_are_cut_by_their_jobs(jobs: list[int], batches: list[list[int]]) -> None:
+    """The worker's messages (here by how many jobs each holds) cut into batches of at most 100 jobs, in
+    order."""
+    messages = [SimpleNamespace(args=[{}] * count) for count in jobs]
+    cut = jobs_batches(messages, 100)  # type: ignore[arg-type]
+    assert [[len(message.args) for message in batch] for batch in cut] == batches
 
 
 async def test_api_finishes_an_in_flight_request_on_sigterm(api: ApiProcess) -> None:

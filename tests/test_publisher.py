@@ -4,22 +4,34 @@ deadline and its job is not sent after it."""
 
 import asyncio
 import json
+import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 
 import aio_pika
 import httpx
 import pytest
+from celery import Celery
 
 from delivery.broker import (
     PUBLISH_GROUP,
+    PUBLISH_TIMEOUT,
     REGISTRATION_QUEUE,
     AmqpPublisher,
     amqp_publisher,
+    confirming_producer,
     create_celery,
+    publish_registration,
     queued_registrations,
 )
 from delivery.registration import RegistrationJob
-from tests.factories import Maker
+from realstack.cluster import Cluster, Node, rabbitmq_installed
+from realstack.machine import ALARM_WATERMARK, DEFAULT_WATERMARK
+from tests.conftest import CI
+from tests.factories import Maker, app_client
 from tests.helpers import packages_by_registration, wait_done
 from tests.stack import Stack
 
@@ -155,3 +167,86 @@ async def test_closing_the_publisher_answers_the_jobs_waiting_to_go_out(stack: S
     for call in waiting:
         with pytest.raises(ConnectionError):
             await asyncio.wait_for(call, 5)
+
+
+# --- a broker that blocks publishers (its memory alarm raised), on a RabbitMQ node of this test's own ---
+
+
+@pytest.fixture(scope="module")
+def own_node() -> Iterator[Node]:
+    """A RabbitMQ node of its own (`realstack.cluster`, one node), whose memory alarm the tests raise: the
+    machine's own node is never given one."""
+    if missing := rabbitmq_installed():
+        if CI:
+            pytest.fail(f"no RabbitMQ node: {missing}")
+        pytest.skip(f"no RabbitMQ node: {missing}")
+    nodes = Cluster(f"delivery-blocked-{os.getpid()}", size=1)
+    try:
+        nodes.start()
+        yield nodes.nodes[0]
+    finally:
+        nodes.close()
+
+
+@contextmanager
+def publishers_blocked(node: Node) -> Iterator[None]:
+    node.ctl("set_vm_memory_high_watermark", ALARM_WATERMARK)
+    try:
+        deadline = time.monotonic() + 30
+        while "memory" not in node.ctl_output("eval", "rabbit_alarm:get_alarms()."):
+            assert time.monotonic() < deadline, "the memory alarm was not raised"
+            time.sleep(0.2)
+        yield
+    finally:
+        node.ctl("set_vm_memory_high_watermark", DEFAULT_WATERMARK)
+
+
+async def test_a_pricing_run_asked_of_a_blocking_broker_is_503_within_the_publish_timeout(
+    stack: Stack, own_node: Node, admin_headers: dict[str, str]
+) -> None:
+    """Not a request that hangs, nor a thread held: 503 with Retry-After, and 202 once the alarm clears."""
+    settings = stack.settings.model_copy(update={"CELERY_BROKER_URL": own_node.url()})
+    async with app_client(settings) as client:
+        warm = await client.post("/admin/jobs/price-packages/", headers=admin_headers)
+        assert warm.status_code == 202, warm.text
+        with publishers_blocked(own_node):
+            started = time.monotonic()
+            blocked = await asyncio.wait_for(
+                client.post("/admin/jobs/price-packages/", headers=admin_headers), 4 * PUBLISH_TIMEOUT
+            )
+            took = time.monotonic() - started
+        assert blocked.status_code == 503, blocked.text
+        assert int(blocked.headers["Retry-After"]) > 0
+        assert took <= PUBLISH_TIMEOUT + 2.0, took
+        again = await client.post("/admin/jobs/price-packages/", headers=admin_headers)
+        assert again.status_code == 202, again.text
+
+
+def test_the_recovery_publish_to_a_blocking_broker_fails_within_the_publish_timeout(
+    stack: Stack, own_node: Node
+) -> None:
+    """The recovery job's publish (and a batch's retries) gives up when the confirm does not come in time,
+    rather than holding its pool process; published again once the alarm clears."""
+    celery = create_celery(stack.settings.model_copy(update={"CELERY_BROKER_URL": own_node.url()}))
+    pool = ThreadPoolExecutor(1)
+    try:
+        with confirming_producer(celery) as producer:
+            publish_registration(celery, job(1), producer=producer)
+        with publishers_blocked(own_node):
+            started = time.monotonic()
+            publishing = pool.submit(_publish_confirmed, celery, job(2))
+            # Celery's publish retry policy (2 retries) makes at most 3 attempts of one deadline each.
+            with pytest.raises(Exception) as failed:
+                publishing.result(timeout=4 * PUBLISH_TIMEOUT)
+            took = time.monotonic() - started
+        assert not isinstance(failed.value, FutureTimeout), "the publish still waits for its confirm"
+        assert took <= 3 * PUBLISH_TIMEOUT + 3.0, took
+        _publish_confirmed(celery, job(3))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        celery.close()
+
+
+def _publish_confirmed(celery: Celery, registration: RegistrationJob) -> None:
+    with confirming_producer(celery) as producer:
+        publish_registration(celery, registration, producer=producer)

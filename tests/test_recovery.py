@@ -1,5 +1,6 @@
 """A registration answered 202 is never lost: a job that never reached a worker is published again."""
 
+import asyncio
 import time
 from decimal import Decimal
 
@@ -18,7 +19,7 @@ from delivery.schemas import PackageCreate
 from delivery.store import create_store
 from delivery.worker import recovery_grace
 from tests.factories import Maker, open_session
-from tests.helpers import packages_by_registration, wait_all_done
+from tests.helpers import packages_by_registration, wait_all_done, wait_until
 from tests.stack import Stack, WorkerProcess
 
 BODY = PackageCreate(name="Lost parcel", weight_kg=Decimal("2"), type_id=2, content_value_usd=Decimal("10"))
@@ -32,7 +33,7 @@ async def _accept_but_drop(stack: Stack, session_id: int) -> str:
         return None
 
     status_id = await accept_registration(
-        store, lose, session_id=session_id, data=BODY, idempotency_key_value=None, status_ttl=3600
+        store, lose, session_id=session_id, data=BODY, idempotency_key=None, status_ttl=3600
     )
     await store.close()
     return str(status_id)
@@ -81,17 +82,23 @@ async def test_a_published_twice_job_still_makes_one_package(
     async def publish(job: RegistrationJob) -> None:
         celery.send_task(REGISTER_TASK, args=[job.to_json()], task_id=job.registration_id)
 
-    async def queued() -> int:
+    def queued_now() -> int:
         return queued_registrations(celery)
+
+    async def queued() -> int:
+        return queued_now()
 
     try:
         await registration.recover_pending(
             store, publish, queued, older_than=0
         )  # races the first delivery, or follows it
+        (status,) = await wait_all_done(customer, [location])
+        # Both copies delivered and done: the second one's package, had it made one, would be in by now.
+        await wait_until(lambda: queued_now() == 0, 30, "the queue empty")
+        await asyncio.sleep(1.0)
     finally:
         celery.close()
         await store.close()
-    (status,) = await wait_all_done(customer, [location])
     rows = await packages_by_registration(maker)
     assert [len(group) for group in rows.values()] == [1]
     assert status["package_id"] == next(iter(rows.values()))[0].id

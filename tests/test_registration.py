@@ -14,8 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import delete
 
+from delivery.api.deps import TYPE_IDS_TTL
 from delivery.config import Settings
+from delivery.models import PackageType
 from tests.fakebank import FIXTURES, FakeBank
 from tests.helpers import (
     Json,
@@ -114,6 +117,25 @@ async def test_invalid_body_is_422_naming_the_field(
     assert _names(detail, field), detail
     assert all(error["loc"][0] == "body" for error in detail), detail
     assert "Location" not in response.headers
+
+
+async def test_a_type_removed_while_the_api_runs_is_refused(
+    customer: httpx.AsyncClient, settings: Settings, maker: Maker
+) -> None:
+    """Refused with 422 naming `type_id`, and nothing stored or queued: its job could only fail."""
+    accepted = await customer.post("/packages/", json=valid_body(type_id=3))
+    assert accepted.status_code == 202, accepted.text
+    async with maker() as db:
+        await db.execute(delete(PackageType).where(PackageType.id == 3))
+        await db.commit()
+    await asyncio.sleep(TYPE_IDS_TTL)
+
+    refused = await customer.post("/packages/", json=valid_body(type_id=3))
+
+    assert refused.status_code == 422, refused.text
+    assert _names(refused.json()["detail"], "type_id"), refused.text
+    assert await store_keys(settings, "status:") == [f"status:{accepted.json()['status_id']}"]
+    assert (await customer.post("/packages/", json=valid_body(type_id=2))).status_code == 202
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""The edges of the registration pipeline: a key claimed by a registration that was never stored, a
-duplicate racing a failing publish, recovery under a backlog, unsupported pools (a job that can never
-succeed: `test_dead_letters`). Each on both stacks, with a real worker where a job must run."""
+"""The edges of the registration pipeline: a key claimed by a registration that was never stored, recovery
+under a backlog, unsupported pools (a job that can never succeed: `test_dead_letters`). Each on both stacks,
+with a real worker where a job must run."""
 
 import asyncio
 import subprocess
@@ -21,7 +21,8 @@ from delivery.registration import (
     RegistrationJob,
     StatusRecord,
     accept_registration,
-    idempotency_key,
+    claim_key,
+    fate_key,
     keyed_registration_id,
     status_key,
 )
@@ -44,7 +45,7 @@ async def test_a_key_claimed_by_a_registration_never_stored_registers_it(
     registration_id = keyed_registration_id(session_id, key, BODY)
     store = create_store(stack.settings)
     try:
-        await store.set(idempotency_key(session_id, key), status_key(registration_id), ttl=3600)
+        await store.set(claim_key(session_id, key), status_key(registration_id), ttl=3600)
     finally:
         await store.close()
 
@@ -56,47 +57,6 @@ async def test_a_key_claimed_by_a_registration_never_stored_registers_it(
     assert status["state"] == "registered", status
     rows = await packages_by_registration(maker)
     assert [len(group) for group in rows.values()] == [1]
-
-
-async def test_a_duplicate_accepted_while_the_first_publish_fails_is_still_registered(
-    customer: httpx.AsyncClient, stack: Stack, worker: WorkerProcess, maker: Maker
-) -> None:
-    """Two requests with one key: the second finds the first's pending status and answers 202 while the
-    first is still publishing; then the first's publish fails and it takes its status back. The second's
-    202 must still end in a package."""
-    session_id = await open_session(customer)
-    store = create_store(stack.settings)
-    celery = create_celery(stack.settings)
-    first_publishing = asyncio.Event()
-    let_it_fail = asyncio.Event()
-
-    async def failing(job: RegistrationJob) -> None:
-        first_publishing.set()
-        await let_it_fail.wait()
-        raise ConnectionError("broker gone mid-publish")
-
-    async def publishing(job: RegistrationJob) -> None:
-        await asyncio.to_thread(publish_registration, celery, job)
-
-    async def accept(publish: registration.Publisher) -> object:
-        return await accept_registration(
-            store, publish, session_id=session_id, data=BODY, idempotency_key_value="raced", status_ttl=3600
-        )
-
-    try:
-        first = asyncio.create_task(accept(failing))
-        await first_publishing.wait()
-        second_id = await accept(publishing)
-        let_it_fail.set()
-        with pytest.raises(ServiceUnavailable):
-            await first
-    finally:
-        celery.close()
-        await store.close()
-    status = await wait_done(customer, f"/packages/status/{second_id}/")
-    assert status["state"] == "registered", status
-    rows = await packages_by_registration(maker)
-    assert [str(r) for r in rows] == [str(second_id)]
 
 
 async def test_recovery_leaves_jobs_waiting_in_the_queue_alone(
@@ -118,7 +78,7 @@ async def test_recovery_leaves_jobs_waiting_in_the_queue_alone(
     try:
         for _ in range(5):
             await accept_registration(
-                store, publish, session_id=session_id, data=BODY, idempotency_key_value=None, status_ttl=3600
+                store, publish, session_id=session_id, data=BODY, idempotency_key=None, status_ttl=3600
             )
         assert await queued() == 5
         assert await registration.recover_pending(store, publish, queued, older_than=0) == 0
@@ -149,6 +109,7 @@ async def test_a_job_retrying_is_not_taken_for_lost(stack: Stack) -> None:
             index=PENDING_INDEX,
             member=job.registration_id,
             score=job.accepted_at,
+            fate=fate_key(job.registration_id),
         )
         # What a batch does for a job it will try again in 30 s.
         await store.index_touch(PENDING_INDEX, [job.registration_id], time.time() + 30)
@@ -198,7 +159,7 @@ async def test_concurrent_accepts_with_one_key_make_one_registration(stack: Stac
     stores the registration, every other is answered with it, and each got an answer of its own."""
     store = create_store(stack.settings)
     record = StatusRecord(1, "pending").dumps()
-    claim = idempotency_key(1, "concurrent")
+    claim = claim_key(1, "concurrent")
     try:
         answers = await asyncio.gather(
             *(
@@ -209,6 +170,7 @@ async def test_concurrent_accepts_with_one_key_make_one_registration(stack: Stac
                     index=PENDING_INDEX,
                     member=f"r{n}",
                     score=float(n),
+                    fate=f"fate:r{n}",
                     claim=claim,
                 )
                 for n in range(20)
@@ -230,12 +192,14 @@ async def test_accepting_goes_on_after_redis_forgot_its_scripts(stack: Stack) ->
     assert stack.settings.REDIS_URL is not None
     admin = redis.asyncio.Redis.from_url(str(stack.settings.REDIS_URL))
     try:
-        await store.put_pending(status_key("warm"), "{}", ttl=60, index=PENDING_INDEX, member="warm", score=0)
+        await store.put_pending(
+            status_key("warm"), "{}", ttl=60, index=PENDING_INDEX, member="warm", score=0, fate="f"
+        )
         await admin.script_flush()
         answers = await asyncio.gather(
             *(
                 store.put_pending(
-                    status_key(f"s{n}"), "{}", ttl=60, index=PENDING_INDEX, member=f"s{n}", score=1
+                    status_key(f"s{n}"), "{}", ttl=60, index=PENDING_INDEX, member=f"s{n}", score=1, fate="f"
                 )
                 for n in range(5)
             )
@@ -254,7 +218,9 @@ async def test_closing_the_store_answers_the_calls_waiting_to_go_out(stack: Stac
     store = create_store(stack.settings)
     waiting = [
         asyncio.create_task(
-            store.put_pending(status_key(f"c{n}"), "{}", ttl=60, index=PENDING_INDEX, member=f"c{n}", score=0)
+            store.put_pending(
+                status_key(f"c{n}"), "{}", ttl=60, index=PENDING_INDEX, member=f"c{n}", score=0, fate="f"
+            )
         )
         for n in range(3)
     ]

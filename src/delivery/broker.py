@@ -9,7 +9,8 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ import aiormq
 from celery import Celery
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
-from kombu import Exchange, Queue
+from kombu import Exchange, Producer, Queue
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 from kombu.utils.functional import retry_over_time
@@ -223,15 +224,45 @@ def _result_backend(settings: Settings) -> str:
     return f"file://{folder}"
 
 
+@contextmanager
+def confirming_producer(app: Celery) -> Iterator[Producer]:
+    """A producer on a connection of its own, for publishes that wait at most `PUBLISH_TIMEOUT` for the
+    broker's confirm (`CONFIRM_DEADLINE`). A failure drops the connection without AMQP's closing handshake:
+    a broker that blocks publishers (a memory or disk alarm) reads nothing more from it, and would hold a
+    polite close, and the thread or pool process that waits for it, forever."""
+    connection = app.connection_for_write()
+    try:
+        yield app.amqp.Producer(connection)
+    except BaseException:
+        connection.collect()
+        raise
+    connection.release()
+
+
+#: What a publish through `confirming_producer` is given: its frames written, then the broker's confirm,
+#: each within the publish timeout.
+CONFIRM_DEADLINE = {"timeout": PUBLISH_TIMEOUT, "confirm_timeout": PUBLISH_TIMEOUT}
+
+
 def publish_registration(
-    app: Celery, job: RegistrationJob, *, countdown: float | None = None, retries: int = 0, failed: int = 0
+    app: Celery,
+    job: RegistrationJob,
+    *,
+    countdown: float | None = None,
+    retries: int = 0,
+    producer: Producer | None = None,
+    failed: int = 0,
 ) -> None:
-    """Publish a registration job through Celery's producer pool, blocking until the broker confirms it.
+    """Publish a registration job, blocking until the broker confirms it, at most `PUBLISH_TIMEOUT` for
+    each attempt (Celery's publish retry policy makes a few); through `producer` (of `confirming_producer`),
+    else Celery's producer pool (the API on the embedded broker, which has no confirms to wait for).
 
     As `send_task` would, but without subscribing to its result: on the Redis backend `send_task`
     SUBSCRIBEs the publisher to the task's result channel, a round trip that nobody here reads (a
     registration's record is its status, not a Celery result)."""
-    publish_job_body(app, job.to_json(), countdown=countdown, retries=retries, failed=failed)
+    publish_job_body(
+        app, job.to_json(), countdown=countdown, retries=retries, producer=producer, failed=failed
+    )
 
 
 #: The message header that counts the failed deliveries of the job a message holds (absent: none).
@@ -250,10 +281,16 @@ def publish_job_body(
     *,
     countdown: float | None = None,
     retries: int = 0,
+    producer: Producer | None = None,
     failed: int = 0,
 ) -> None:
     """Publish one registration job as its body stands (one this worker could not read, or a dead letter
-    sent back, is published unchanged), with the count of its failed deliveries so far."""
+    sent back, is published unchanged), with the count of its failed deliveries so far; through `producer`
+    as `publish_registration`."""
+    if producer is None:
+        with app.producer_or_acquire() as pooled:
+            publish_job_body(app, body, countdown=countdown, retries=retries, producer=pooled, failed=failed)
+        return
     registration_id = body.get("registration_id") if isinstance(body, dict) else None
     task_id = registration_id if isinstance(registration_id, str) and registration_id else str(uuid.uuid4())
     args = (body,)
@@ -273,8 +310,7 @@ def publish_job_body(
             "exchange": Exchange(DELAYED_DELIVERY_EXCHANGE, type="topic"),
             "routing_key": calculate_routing_key(seconds, route["queue"].routing_key),
         }
-    with app.producer_or_acquire() as producer:
-        app.amqp.send_task_message(producer, REGISTER_TASK, message, **route)
+    app.amqp.send_task_message(producer, REGISTER_TASK, message, **route, **CONFIRM_DEADLINE)
 
 
 def _quorum(queue: Queue) -> bool:
@@ -359,6 +395,10 @@ class AmqpPublisher:
         self._groups: Grouped[RegistrationJob, None] = Grouped(
             self._send_message, closed=lambda: ConnectionError("the publisher is closed"), limit=PUBLISH_GROUP
         )
+
+    async def connect(self) -> None:
+        """Open the connection now rather than with the first publish."""
+        await self._connect()
 
     async def publish(self, job: RegistrationJob) -> None:
         """Return when `job` is confirmed by the broker, within the deadline; raise otherwise."""

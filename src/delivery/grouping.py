@@ -13,8 +13,8 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Sends a group's items, within the group's deadline (None: none): an outcome per item, in order (a result,
-#: or the exception that caller gets); raising fails the whole group.
+#: Sends a group's items, within the latest of its callers' deadlines (None: none): an outcome per item, in
+#: order (a result, or the exception that caller gets); raising fails the whole group.
 Send = Callable[[list[T], float | None], Awaitable[Sequence[R | BaseException]]]
 
 
@@ -29,8 +29,9 @@ class _Waiting(Generic[T, R]):
 class Grouped(Generic[T, R]):
     """Items of concurrent callers handed to `send` in groups of at most `limit`.
 
-    A group's deadline is its oldest item's, so it ends no later than any of its callers give up; an item
-    whose caller gave up before its group went out is never sent. A caller cancelled meanwhile leaves its
+    Each caller keeps its own deadline: a caller whose deadline passes is answered TimeoutError at once,
+    while its group goes on for the others, until the last of their deadlines. An item whose caller gave up
+    before its group went out is never sent. A caller cancelled meanwhile leaves its
     item to go out, and the others of its group are not affected. Closing answers every caller still
     waiting with `closed()`.
     """
@@ -82,7 +83,8 @@ class Grouped(Generic[T, R]):
                     continue
                 deadlines = [w.deadline for w in group if w.deadline is not None]
                 try:
-                    outcomes = await self._send_group([w.item for w in group], min(deadlines, default=None))
+                    latest = None if len(deadlines) < len(group) else max(deadlines)
+                    outcomes = await self._send_group([w.item for w in group], latest)
                 except Exception as exc:
                     outcomes = [exc] * len(group)
                 _settle(group, outcomes)

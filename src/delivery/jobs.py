@@ -94,13 +94,21 @@ _LOCK_SESSIONS = (
 )
 
 
+class Created(dict[str, int]):
+    """Registration id -> package id; `existing`: those whose package existed before (a job run twice)."""
+
+    def __init__(self, ids: dict[str, int], existing: frozenset[str] = frozenset()) -> None:
+        super().__init__(ids)
+        self.existing = existing
+
+
 async def create_packages(
     maker: async_sessionmaker[AsyncSession],
     batch: Sequence[RegistrationJob],
     rate: Rate | None,
     *,
     clock: Callable[[], datetime] = utcnow,
-) -> dict[str, int]:
+) -> Created:
     """Create each job's package once, all in one transaction: registration id -> package id.
 
     With a rate, each package's cost, its cost log row and the day's totals commit with it. A registration
@@ -130,13 +138,14 @@ async def _insert_packages(
     now: datetime,
     *,
     look_first: bool,
-) -> dict[str, int]:
+) -> Created:
     async with maker() as db, db.begin():
         ids: dict[uuid.UUID, int] = {}
         if look_first:
             ids = dict(
                 (await db.execute(_PACKAGE_IDS, {"registration_ids": registration_ids})).tuples().all()
             )
+        existing = dict(ids)
         new: dict[uuid.UUID, RegistrationJob] = {}
         for job in batch:
             registration_id = uuid.UUID(job.registration_id)
@@ -158,7 +167,7 @@ async def _insert_packages(
             # batch waits at this statement instead.
             await conn.execute(_LOCK_SESSIONS, {"session_ids": sorted({job.session_id for job in jobs})})
             created = await _insert_returning_ids(conn, rows, list(new))
-            ids |= created
+            ids = existing | created
             if rate is not None:
                 priced = [
                     (created[uuid.UUID(j.registration_id)], j.type_id, cost)
@@ -167,7 +176,10 @@ async def _insert_packages(
                 ]
                 await _log_costs(conn, priced, rate, now)
                 await _add_daily_totals(conn, now.astimezone(UTC).date(), [(t, c) for _, t, c in priced])
-    return {str(registration_id): package_id for registration_id, package_id in ids.items()}
+    return Created(
+        {str(registration_id): package_id for registration_id, package_id in ids.items()},
+        frozenset(str(registration_id) for registration_id in existing),
+    )
 
 
 async def _insert_returning_ids(
@@ -213,7 +225,7 @@ async def create_package(
 
 async def _existing_package(
     maker: async_sessionmaker[AsyncSession], job: RegistrationJob, refused: IntegrityError
-) -> dict[str, int]:
+) -> Created:
     """After a refused insert of one package: it exists (made meanwhile), or its type is gone (it never can
     be), or the database refused it for another reason (a constraint or trigger), raised as it was."""
     async with maker() as db:
@@ -224,7 +236,7 @@ async def _existing_package(
             logger.info(
                 "package already created registration_id=%s package_id=%s", job.registration_id, package_id
             )
-            return {job.registration_id: package_id}
+            return Created({job.registration_id: package_id}, frozenset({job.registration_id}))
         if await db.get(PackageType, job.type_id) is None:
             raise RegistrationImpossible(f"type {job.type_id} no longer exists")
         raise refused

@@ -17,7 +17,8 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-#: The registration a line is about; in the worker, a batch's lines name its registrations, comma-separated.
+#: The registration a line is about. In the worker, a line about one job of a batch names that job alone;
+#: the lines about the batch as a whole name none.
 registration_id: ContextVar[str | None] = ContextVar("registration_id", default=None)
 
 

@@ -16,6 +16,7 @@ host (container) it ran on.
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 from typing import IO
 
@@ -63,6 +64,10 @@ HTTP_LATENCY = Histogram(
 )
 API_PROCESSES = Gauge("delivery_api_processes", "API processes serving", multiprocess_mode="livesum")
 REGISTRATIONS_ACCEPTED = Counter("delivery_registrations_accepted_total", "Registrations answered 202")
+REGISTRATIONS_WITHDRAWN = Counter(
+    "delivery_registrations_withdrawn_total",
+    "Registrations withdrawn by the request that stored them, which was then answered 503",
+)
 REGISTRATIONS_DONE = Counter(
     "delivery_registrations_total", "Registration jobs finished", ["outcome"]
 )  # outcome: registered, registered_without_cost, failed
@@ -86,10 +91,30 @@ def start_api_process() -> None:
     global _alive
     directory = multiprocess_dir()
     if directory and _alive is None:
-        _alive = (Path(directory) / f"{identity()}.lock").open("a")
-        fcntl.flock(_alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _alive = _claim(Path(directory) / f"{identity()}.lock")
         sweep_dead_processes()
     API_PROCESSES.set(1)
+
+
+#: How long a starting process waits for its lock file: another process's sweep holds it while it removes
+#: the gauges of the dead process that had this identity before (pids repeat, pid 1 in every container).
+CLAIM_TIMEOUT = 10.0
+
+
+def _claim(path: Path) -> IO[str]:
+    """The lock on `path`, taken as soon as no sweep holds it; a lock held longer is a live process's with
+    the same identity, which no two processes may share."""
+    alive = path.open("a")
+    deadline = time.monotonic() + CLAIM_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return alive
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                alive.close()
+                raise RuntimeError(f"{path.name} is held by a live process of this identity") from None
+            time.sleep(0.01)
 
 
 def end_api_process() -> None:

@@ -5,13 +5,19 @@ The API and the worker share this module; neither imports the other.
 
 1. `accept_registration` (API): one store round trip writes the pending status (with the job inside, for
    recovery) and claims the Idempotency-Key; then the job is published, confirmed by the broker; then 202.
-2. `register_batch` (worker): for up to a batch of jobs, one rate read, one transaction that creates every
-   package with its cost, cost log and daily totals (`jobs.create_packages`), then one store round trip that
-   writes every outcome. The broker's messages are acknowledged after that returns. A job that fails is
-   narrowed down and handed back (`Failure`): the worker tries it again later, alone, and after
-   `DEAD_LETTER_AFTER` deliveries dead-letters it (`delivery.deadletters`).
+   A job the broker did not confirm in time may still reach it: the request withdraws its registration (its
+   fate key marked withdrawn) before answering 503, and a worker skips a withdrawn job.
+2. `register_batch` (worker): takes its jobs (their fate keys marked taken, the withdrawn ones left out);
+   for the rest, one rate read, one transaction that creates every package with its cost, cost log and daily
+   totals (`jobs.create_packages`), then one store round trip that writes every outcome. The broker's
+   messages are acknowledged after that returns. A job that fails is narrowed down and handed back
+   (`Failure`): the worker tries it again later, alone, and after `DEAD_LETTER_AFTER` deliveries
+   dead-letters it (`delivery.deadletters`).
 3. `recover_pending` (beat): a pending registration untouched for a long while, with no job waiting in the
    queue, lost its job: it is published again from its status.
+
+Withdrawing and taking are one race in the store, decided by whichever writes the fate key first: a request
+whose registration was taken answers 202, since that job is registered whatever the broker said.
 """
 
 import asyncio
@@ -21,7 +27,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -45,6 +51,15 @@ PENDING_INDEX = "registrations:pending"
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7f0e-2b8a-4d59-9a43-1f4e8c2d7b90")
 #: Transient failures are tried again, backing off (with full jitter) up to this many seconds.
 MAX_BACKOFF = 60.0
+#: How long a registration stays marked taken: longer than any request that stored it may still try to
+#: withdraw it (its publish deadline and a store round trip).
+TAKEN_TTL = 600.0
+#: A request that could neither store its registration for sure nor withdraw it tries to withdraw it again,
+#: this often, for this long: less than recovery's grace (`worker.recovery_grace`), which would publish it.
+WITHDRAW_RETRY_EVERY = 1.0
+WITHDRAW_RETRY_FOR = 60.0
+#: Those withdrawals, running after their requests were answered.
+_background: set["asyncio.Task[None]"] = set()
 
 #: What may pass by itself: a backing service away or overloaded, a deadlock, a pool or a deadline exhausted.
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -61,7 +76,13 @@ def status_key(status_id: uuid.UUID | str) -> str:
     return f"status:{status_id}"
 
 
-def idempotency_key(session_id: int, key: str) -> str:
+def fate_key(registration_id: uuid.UUID | str) -> str:
+    """Whether a registration was taken (by a worker, or by a request answered 202) or withdrawn."""
+    return f"fate:{registration_id}"
+
+
+def claim_key(session_id: int, key: str) -> str:
+    """The key that holds which registration a session's Idempotency-Key names."""
     return f"idem:{session_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
@@ -151,22 +172,20 @@ async def accept_registration(
     *,
     session_id: int,
     data: PackageCreate,
-    idempotency_key_value: str | None,
+    idempotency_key: str | None,
     status_ttl: int,
 ) -> uuid.UUID:
-    """Store a pending status and publish the job; a 202 may follow only when both are done.
+    """Store a pending status and publish the job; the registration id once it will be registered.
 
-    With an Idempotency-Key whose registration is stored, that registration is the answer; while it is
-    still pending its job is published once more (harmless: one package per registration id), since the
-    request that stored it may yet fail to publish and take its status back.
+    Raises ServiceUnavailable (a 503) only when nothing of this request can be registered any more: its
+    registration withdrawn, or never stored. With an Idempotency-Key whose registration is stored, that
+    registration is the answer (see `_join`).
     """
-    status_id = (
-        uuid.uuid4()
-        if idempotency_key_value is None
-        else keyed_registration_id(session_id, idempotency_key_value, data)
+    registration_id = (
+        uuid.uuid4() if idempotency_key is None else keyed_registration_id(session_id, idempotency_key, data)
     )
     job = RegistrationJob(
-        registration_id=str(status_id),
+        registration_id=str(registration_id),
         session_id=session_id,
         name=data.name,
         weight_kg=str(data.weight_kg),
@@ -174,39 +193,140 @@ async def accept_registration(
         content_value_usd=str(data.content_value_usd),
         accepted_at=time.time(),
     )
-    claim = None if idempotency_key_value is None else idempotency_key(session_id, idempotency_key_value)
-    held = await store.put_pending(
-        status_key(status_id),
-        StatusRecord(session_id, "pending", job=job.to_json()).dumps(),
-        ttl=status_ttl,
-        index=PENDING_INDEX,
-        member=str(status_id),
-        score=job.accepted_at,
-        claim=claim,
+    attempt = _Attempt(
+        store, job, None if idempotency_key is None else claim_key(session_id, idempotency_key)
     )
-    if held is not None:
+    for _ in range(2):
+        held = await attempt.store_pending(status_ttl)
+        if held is None:
+            return await attempt.publish_or_withdraw(publish, status_ttl)
+        held_id, record = held
+        if record.state != "pending" or record.job is None or await _join(store, publish, held_id, record):
+            return held_id
+        # Withdrawn by the request that stored it, after this one's job was confirmed: stored again.
+    raise ServiceUnavailable("store")
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One request's attempt at a registration: its status stored, its job published, or withdrawn."""
+
+    store: Store
+    job: RegistrationJob
+    claim: str | None
+
+    async def store_pending(self, status_ttl: int) -> tuple[uuid.UUID, StatusRecord] | None:
+        """Store the pending status (None), or find the registration the claim holds (its id and record)."""
+        registration_id = self.job.registration_id
+        try:
+            held = await self.store.put_pending(
+                status_key(registration_id),
+                StatusRecord(self.job.session_id, "pending", job=self.job.to_json()).dumps(),
+                ttl=status_ttl,
+                index=PENDING_INDEX,
+                member=registration_id,
+                score=self.job.accepted_at,
+                fate=fate_key(registration_id),
+                claim=self.claim,
+            )
+        except ServiceUnavailable:
+            # The status may have been written before the answer was lost: withdrawn, so that recovery
+            # never publishes it; while the store does not answer, again in the background, well within
+            # recovery's grace. Nothing was published: the 503 stands.
+            if await self.withdraw(status_ttl) is None:
+                _in_background(self.withdraw_until_done(status_ttl))
+            raise
+        if held is None:
+            return None
         held_key, raw = held
-        record = StatusRecord.loads(raw)
-        if record.state == "pending" and record.job is not None:
-            await _publish_or_unavailable(publish, RegistrationJob.from_json(record.job))
-        return uuid.UUID(held_key.removeprefix(status_key("")))
-    try:
-        await _publish_or_unavailable(publish, job)
-    except ServiceUnavailable:
-        await store.drop_pending(
-            status_key(status_id), index=PENDING_INDEX, member=str(status_id), claim=claim
+        return uuid.UUID(held_key.removeprefix(status_key(""))), StatusRecord.loads(raw)
+
+    async def publish_or_withdraw(self, publish: Publisher, status_ttl: int) -> uuid.UUID:
+        registration_id = uuid.UUID(self.job.registration_id)
+        try:
+            await _publish_or_unavailable(publish, self.job)
+        except ServiceUnavailable:
+            if await self.withdraw(status_ttl) is not False:
+                # Withdrawn: nothing of this request will be registered.
+                raise
+            logger.warning(
+                "registration kept although its publish failed registration_id=%s: already taken",
+                registration_id,
+            )
+        metrics.REGISTRATIONS_ACCEPTED.inc()
+        logger.info(
+            "registration accepted registration_id=%s session_id=%s", registration_id, self.job.session_id
         )
-        raise
-    metrics.REGISTRATIONS_ACCEPTED.inc()
-    logger.info("registration accepted status_id=%s session_id=%s", status_id, session_id)
-    return status_id
+        return registration_id
+
+    async def withdraw_until_done(self, status_ttl: int) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + WITHDRAW_RETRY_FOR
+        while loop.time() < give_up:
+            await asyncio.sleep(WITHDRAW_RETRY_EVERY)
+            if await self.withdraw(status_ttl) is not None:
+                return
+        logger.error(
+            "registration refused but not withdrawn registration_id=%s: recovery may still register it",
+            self.job.registration_id,
+        )
+
+    async def withdraw(self, status_ttl: int) -> bool | None:
+        """True: withdrawn; False: taken already, it will be registered; None: the store did not answer, so
+        the status (if it was written) stays pending and recovery publishes its job."""
+        registration_id = self.job.registration_id
+        try:
+            withdrawn = await self.store.withdraw(
+                status_key(registration_id),
+                fate=fate_key(registration_id),
+                ttl=status_ttl,
+                index=PENDING_INDEX,
+                member=registration_id,
+                claim=self.claim,
+            )
+        except ServiceUnavailable as exc:
+            logger.warning(
+                "registration could not be withdrawn registration_id=%s error=%r", registration_id, exc
+            )
+            return None
+        if withdrawn:
+            metrics.REGISTRATIONS_WITHDRAWN.inc()
+            logger.info("registration withdrawn registration_id=%s", registration_id)
+        return withdrawn
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _join(store: Store, publish: Publisher, registration_id: uuid.UUID, record: StatusRecord) -> bool:
+    """A second request for a pending registration (its Idempotency-Key's): whether it will be registered.
+
+    Its job is published again (its first request may still fail to), then the registration is taken, so
+    that its first request can no longer withdraw it: from then on it is registered, with the job of either
+    request or, both lost, the job recovery publishes from the pending status. False when the first request
+    withdrew it first.
+    """
+    assert record.job is not None
+    try:
+        await _publish_or_unavailable(publish, RegistrationJob.from_json(record.job))
+    except ServiceUnavailable:
+        confirmed = False
+    else:
+        confirmed = True
+    (taken,) = await store.take([fate_key(registration_id)], ttl=TAKEN_TTL)
+    if not taken and not confirmed:
+        raise ServiceUnavailable("broker")
+    return taken
 
 
 async def _publish_or_unavailable(publish: Publisher, job: RegistrationJob) -> None:
     try:
         await publish(job)
     except Exception as exc:
-        logger.warning("registration not published status_id=%s error=%r", job.registration_id, exc)
+        logger.warning("registration not published registration_id=%s error=%r", job.registration_id, exc)
         raise ServiceUnavailable("broker") from exc
 
 
@@ -301,6 +421,7 @@ async def database_answers(maker: async_sessionmaker[AsyncSession]) -> bool:
     return True
 
 
+#: Registration id -> package id; with `existing`, those whose package existed before (a job run twice).
 CreatePackages = Callable[
     [async_sessionmaker[AsyncSession], Sequence[RegistrationJob], Rate | None],
     Awaitable[dict[str, int]],
@@ -323,8 +444,12 @@ async def register_batch(
     the jobs that failed. A service away propagates (the caller tries the whole batch again later); any
     other failure, or a transient-looking one while the database answers (a statement it refuses), is
     narrowed down to the job that causes it, and that job is handed back as a `Failure`, its status still
-    pending: the caller decides whether it is tried again or dead-lettered.
+    pending: the caller decides whether it is tried again or dead-lettered. A job whose registration was
+    withdrawn is left out, and nothing is written for it.
     """
+    batch = await _take(store, batch)
+    if not batch:
+        return BatchOutcome([], [])
     await store.index_touch(PENDING_INDEX, [job.registration_id for job in batch], time.time())
     rate: Rate | None
     later: list[Retry] = []
@@ -340,9 +465,10 @@ async def register_batch(
             if remaining > 0:
                 later.append(Retry(job, min(backoff(retries), remaining)))
             else:
-                logger.warning(
-                    "registering without a cost registration_id=%s reason=%s", job.registration_id, exc
-                )
+                with logs.about_registrations(job.registration_id):
+                    logger.warning(
+                        "registering without a cost registration_id=%s reason=%s", job.registration_id, exc
+                    )
                 now_batch.append(job)
         if later:
             metrics.JOB_RETRIES.labels("packages.register", "rate").inc(len(later))
@@ -355,6 +481,16 @@ async def register_batch(
     return BatchOutcome(later, failed)
 
 
+async def _take(store: Store, batch: Sequence[RegistrationJob]) -> list[RegistrationJob]:
+    """The jobs of `batch` whose registrations are now taken: every one but those withdrawn."""
+    taken = await store.take([fate_key(job.registration_id) for job in batch], ttl=TAKEN_TTL)
+    for job, ok in zip(batch, taken, strict=True):
+        if not ok:
+            with logs.about_registrations(job.registration_id):
+                logger.info("registration withdrawn, job skipped registration_id=%s", job.registration_id)
+    return [job for job, ok in zip(batch, taken, strict=True) if ok]
+
+
 async def _create_and_record(
     maker: async_sessionmaker[AsyncSession],
     store: Store,
@@ -364,8 +500,10 @@ async def _create_and_record(
 ) -> list[Failure]:
     """Create the batch's packages and record their outcomes; the jobs that failed, narrowed down."""
     created: dict[str, int | str]
+    existing: frozenset[str] = frozenset()
     try:
-        created = dict(await create_packages(maker, batch, rate))
+        made = await create_packages(maker, batch, rate)
+        created, existing = dict(made), getattr(made, "existing", existing)
     except Exception as exc:
         # A transient error with the database away is the whole batch's, tried again later. With the database
         # answering, it is a statement the database refuses (a trigger's SIGNAL is an OperationalError on
@@ -384,18 +522,27 @@ async def _create_and_record(
                 failed += await _create_and_record(maker, store, [job], rate, create_packages)
             return failed
         return [Failure(batch[0].to_json(), failure_reason(exc), isinstance(exc, RegistrationImpossible))]
-    await record_outcomes(store, batch, created, cost_known=rate is not None)
+    await record_outcomes(store, batch, created, cost_known=rate is not None, existing=existing)
     return []
 
 
 async def record_outcomes(
-    store: Store, batch: Sequence[RegistrationJob], created: dict[str, int | str], *, cost_known: bool
+    store: Store,
+    batch: Sequence[RegistrationJob],
+    created: dict[str, int | str],
+    *,
+    cost_known: bool,
+    existing: frozenset[str] = frozenset(),
 ) -> None:
-    """Every job's status in one round trip: registered with its package id, or failed with a message."""
+    """Every job's status in one round trip: registered with its package id, or failed with a message.
+    A package that existed before (`existing`: a job run twice, or published again) was counted when made."""
     records = []
     for job in batch:
         with logs.about_registrations(job.registration_id):
-            records.append(_outcome(job, created[job.registration_id], cost_known=cost_known))
+            outcome = created[job.registration_id]
+            records.append(
+                _outcome(job, outcome, cost_known=cost_known, counted=job.registration_id in existing)
+            )
     replaced = await store.finish_pending(
         records, index=PENDING_INDEX, members=[j.registration_id for j in batch]
     )
@@ -417,10 +564,17 @@ async def record_failed(store: Store, failed: Sequence[tuple[str, int, str]]) ->
     metrics.REGISTRATIONS_DONE.labels("failed").inc(len(failed))
 
 
-def _outcome(job: RegistrationJob, outcome: int | str, *, cost_known: bool) -> tuple[str, str]:
-    """A job's status record (its key and value), counted and logged."""
+def _outcome(
+    job: RegistrationJob, outcome: int | str, *, cost_known: bool, counted: bool = False
+) -> tuple[str, str]:
+    """A job's status record (its key and value), counted (unless `counted` already) and logged."""
     if isinstance(outcome, int):
         record = StatusRecord(job.session_id, "registered", package_id=outcome)
+        if counted:
+            logger.info(
+                "package registered before registration_id=%s package_id=%s", job.registration_id, outcome
+            )
+            return status_key(job.registration_id), record.dumps()
         metrics.REGISTRATIONS_DONE.labels("registered" if cost_known else "registered_without_cost").inc()
         logger.info(
             "package registered registration_id=%s package_id=%s cost_known=%s",

@@ -23,8 +23,10 @@ from delivery.errors import ServiceUnavailable
 from delivery.grouping import Grouped
 
 T = TypeVar("T")
-#: How a claim marks the key it names as answered to a second request (see `Store.put_pending`).
-ADOPTED = "#adopted"
+#: The two values of a registration's fate key: a worker (or a request answered 202) took it, or the request
+#: that stored it withdrew it. Whichever is written first stands (see `Store.withdraw` and `Store.take`).
+TAKEN = "taken"
+WITHDRAWN = "withdrawn"
 
 
 class KeyValue(Protocol):
@@ -69,17 +71,26 @@ class Store(KeyValue, Protocol):
         index: str,
         member: str,
         score: float,
+        fate: str,
         claim: str | None = None,
     ) -> tuple[str, str] | None:
-        """Set `key` and put `member` in `index`, at once. With `claim` (a key naming the registration,
-        e.g. an Idempotency-Key's), first look it up: if it names a key that still exists, mark the claim
-        adopted (its first holder's `drop_pending` will leave that key alone) and answer (that key, its
-        value) without changing anything else; otherwise claim it for `key` and go on."""
+        """Set `key` and put `member` in `index`, at once, clearing a withdrawal left in `fate` by an
+        earlier attempt of the same registration. With `claim` (a key naming the registration, e.g. an
+        Idempotency-Key's), first look it up: if it names a key that still exists, answer (that key, its
+        value) without changing anything; otherwise claim it for `key` and go on."""
         ...
 
-    async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
-        """Undo `put_pending`: delete `key`, take `member` out of `index`, release `claim` if still ours;
-        nothing at all if a second request adopted the claim meanwhile."""
+    async def withdraw(
+        self, key: str, *, fate: str, ttl: float, index: str, member: str, claim: str | None = None
+    ) -> bool:
+        """Undo `put_pending` for good, unless `fate` says the registration was taken: mark `fate`
+        withdrawn for `ttl`, delete `key`, take `member` out of `index` and release `claim` if it names
+        `key`. False (and nothing changed) when it was taken."""
+        ...
+
+    async def take(self, fates: Sequence[str], *, ttl: float) -> list[bool]:
+        """For each fate key, at once: False if it says withdrawn; otherwise mark it taken (for `ttl`, if
+        not already) and True."""
         ...
 
     async def finish_pending(
@@ -99,35 +110,38 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: key, index[, claim]; ARGV: value, ttl ms, member, score. The claim holds the key it names; once a
-# second request found that key stored, the claim holds it marked ADOPTED, and the first request's undo
-# (drop_pending) leaves the key alone: the second one answered 202 for it.
+# KEYS: key, index, fate[, claim]; ARGV: value, ttl ms, member, score. The claim holds the key it names.
 _PUT_PENDING = """
-if KEYS[3] then
-  local held = redis.call('GET', KEYS[3])
+if KEYS[4] then
+  local held = redis.call('GET', KEYS[4])
   if held then
-    local key = string.gsub(held, '#adopted$', '')
-    local value = redis.call('GET', key)
-    if value then
-      if key == held then redis.call('SET', KEYS[3], held .. '#adopted', 'KEEPTTL') end
-      return {key, value}
-    end
+    local value = redis.call('GET', held)
+    if value then return {held, value} end
   end
-  redis.call('SET', KEYS[3], KEYS[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[4], KEYS[1], 'PX', ARGV[2])
 end
+if redis.call('GET', KEYS[3]) == 'withdrawn' then redis.call('DEL', KEYS[3]) end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 return false
 """
 
-# KEYS: key, index[, claim]; ARGV: member.
-_DROP_PENDING = """
-local held = KEYS[3] and redis.call('GET', KEYS[3])
-if held and held == KEYS[1] .. '#adopted' then return 0 end
+# KEYS: key, index, fate[, claim]; ARGV: member, ttl ms.
+_WITHDRAW = """
+if redis.call('GET', KEYS[3]) == 'taken' then return 0 end
+redis.call('SET', KEYS[3], 'withdrawn', 'PX', ARGV[2])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if held and held == KEYS[1] then redis.call('DEL', KEYS[3]) end
-return 0
+if KEYS[4] and redis.call('GET', KEYS[4]) == KEYS[1] then redis.call('DEL', KEYS[4]) end
+return 1
+"""
+
+# KEYS: fate; ARGV: ttl ms.
+_TAKE = """
+local fate = redis.call('GET', KEYS[1])
+if fate == 'withdrawn' then return 0 end
+if not fate then redis.call('SET', KEYS[1], 'taken', 'PX', ARGV[1]) end
+return 1
 """
 
 
@@ -182,7 +196,8 @@ class RedisStore:
             _Script(self._redis, _PUT_PENDING).run,
             closed=lambda: redis.exceptions.ConnectionError("the store is closed"),
         )
-        self._drop_pending = self._redis.register_script(_DROP_PENDING)
+        self._withdraw = self._redis.register_script(_WITHDRAW)
+        self._take = _Script(self._redis, _TAKE)
 
     async def get(self, key: str) -> str | None:
         async with _unavailable_on_error():
@@ -232,17 +247,30 @@ class RedisStore:
         index: str,
         member: str,
         score: float,
+        fate: str,
         claim: str | None = None,
     ) -> tuple[str, str] | None:
-        keys = [key, index] if claim is None else [key, index, claim]
+        keys = [key, index, fate] if claim is None else [key, index, fate, claim]
         async with _unavailable_on_error():
             held = await self._put_pending.submit((keys, [value, _ms(ttl), member, score]))
         return None if not held else (str(held[0]), str(held[1]))
 
-    async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
-        keys = [key, index] if claim is None else [key, index, claim]
+    async def withdraw(
+        self, key: str, *, fate: str, ttl: float, index: str, member: str, claim: str | None = None
+    ) -> bool:
+        keys = [key, index, fate] if claim is None else [key, index, fate, claim]
         async with _unavailable_on_error():
-            await self._drop_pending(keys=keys, args=[member])
+            return bool(await self._withdraw(keys=keys, args=[member, _ms(ttl)]))
+
+    async def take(self, fates: Sequence[str], *, ttl: float) -> list[bool]:
+        if not fates:
+            return []
+        async with _unavailable_on_error():
+            results = await self._take.run([([fate], [_ms(ttl)]) for fate in fates])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [bool(result) for result in results]
 
     async def finish_pending(
         self, records: Sequence[tuple[str, str]], *, index: str, members: Sequence[str]
@@ -336,38 +364,62 @@ class EmbeddedStore:
         index: str,
         member: str,
         score: float,
+        fate: str,
         claim: str | None = None,
     ) -> tuple[str, str] | None:
-        return await self._run(self._put_pending, key, value, ttl, index, member, score, claim)
+        return await self._run(self._put_pending, key, value, ttl, index, member, score, fate, claim)
 
     def _put_pending(
-        self, key: str, value: str, ttl: float, index: str, member: str, score: float, claim: str | None
+        self,
+        key: str,
+        value: str,
+        ttl: float,
+        index: str,
+        member: str,
+        score: float,
+        fate: str,
+        claim: str | None,
     ) -> tuple[str, str] | None:
         with self._cache.transact():
             if claim is not None:
                 held = self._cache.get(claim)
-                held_key = None if held is None else str(held).removesuffix(ADOPTED)
-                if held_key is not None and (held_value := self._cache.get(held_key)) is not None:
-                    if held_key == held:
-                        self._cache.set(claim, held_key + ADOPTED, expire=self._ttl_left(claim))
-                    return held_key, str(held_value)
+                if held is not None and (held_value := self._cache.get(held)) is not None:
+                    return str(held), str(held_value)
                 self._cache.set(claim, key, expire=ttl)
+            if self._cache.get(fate) == WITHDRAWN:
+                self._cache.delete(fate)
             self._cache.set(key, value, expire=ttl)
             self._cache.set(f"{index}\0{member}", score)
             return None
 
-    async def drop_pending(self, key: str, *, index: str, member: str, claim: str | None = None) -> None:
-        await self._run(self._drop_pending, key, index, member, claim)
+    async def withdraw(
+        self, key: str, *, fate: str, ttl: float, index: str, member: str, claim: str | None = None
+    ) -> bool:
+        return await self._run(self._withdraw, key, fate, ttl, index, member, claim)
 
-    def _drop_pending(self, key: str, index: str, member: str, claim: str | None) -> None:
+    def _withdraw(self, key: str, fate: str, ttl: float, index: str, member: str, claim: str | None) -> bool:
         with self._cache.transact():
-            held = None if claim is None else self._cache.get(claim)
-            if held == key + ADOPTED:
-                return
+            if self._cache.get(fate) == TAKEN:
+                return False
+            self._cache.set(fate, WITHDRAWN, expire=ttl)
             self._cache.delete(key)
             self._cache.delete(f"{index}\0{member}")
-            if claim is not None and held == key:
+            if claim is not None and self._cache.get(claim) == key:
                 self._cache.delete(claim)
+            return True
+
+    async def take(self, fates: Sequence[str], *, ttl: float) -> list[bool]:
+        return await self._run(self._take, fates, ttl)
+
+    def _take(self, fates: Sequence[str], ttl: float) -> list[bool]:
+        taken = []
+        with self._cache.transact():
+            for fate in fates:
+                value = self._cache.get(fate)
+                if value is None:
+                    self._cache.set(fate, TAKEN, expire=ttl)
+                taken.append(value != WITHDRAWN)
+        return taken
 
     async def finish_pending(
         self, records: Sequence[tuple[str, str]], *, index: str, members: Sequence[str]

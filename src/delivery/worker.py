@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Collection, Coroutine
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from delivery.broker import (
     PRICE_TASK,
     RECOVER_TASK,
     REGISTER_TASK,
+    confirming_producer,
     create_celery,
     embedded_broker_file,
     failed_deliveries,
@@ -208,10 +210,18 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
     _in_flight = 0
 
     def flush(self, requests: Collection[Request]) -> Any:
-        if self._in_flight >= max(1, int(self._pool.num_processes or 1)):
-            for request in requests:
-                self._buffer.put(request)
-            return None
+        """Hand the requests to the free pool processes, in batches of at most `BATCH_SIZE` jobs (a message
+        may carry several); what no free process takes goes back to the buffer, for the next flush."""
+        batches = jobs_batches(requests, BATCH_SIZE)
+        free = max(1, int(self._pool.num_processes or 1)) - self._in_flight
+        for request in (request for batch in batches[max(0, free) :] for request in batch):
+            self._buffer.put(request)
+        result = None
+        for batch in batches[: max(0, free)]:
+            result = self._send(batch)
+        return result
+
+    def _send(self, requests: list[Request]) -> Any:
         self._in_flight += 1
         batch = ([SimpleRequest.from_request(request) for request in requests],)
 
@@ -235,6 +245,21 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
             error_callback=on_error,
             timeout=BATCH_HARD_LIMIT,
         )
+
+
+def jobs_batches(requests: Collection[Request], size: int) -> list[list[Request]]:
+    """The requests in order, cut into batches of at most `size` jobs each (a request holds one job per
+    argument); a request with more jobs than that is a batch of its own."""
+    batches: list[list[Request]] = []
+    jobs = 0
+    for request in requests:
+        count = len(request.args)
+        if not batches or jobs + count > size:
+            batches.append([])
+            jobs = 0
+        batches[-1].append(request)
+        jobs += count
+    return batches
 
 
 @app.task(
@@ -265,7 +290,8 @@ def register_packages(requests: list[SimpleRequest]) -> bool:
             batch.append(job)
             failed_before[job.registration_id] = max(before, failed_before.get(job.registration_id, 0))
     retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
-    with logs.about_registrations(*(job.registration_id for job in batch)):
+    # A line about one job names that job alone: the lines about a batch of several name none.
+    with logs.about_registrations(batch[0].registration_id) if len(batch) == 1 else nullcontext():
         try:
             done = _register_batch(batch, retries, failed_before) if batch else True
         except Exception as exc:
@@ -322,10 +348,18 @@ def _register_batch(batch: list[RegistrationJob], retries: int, failed_before: d
                 len(batch),
             )
             later = [registration.Retry(job, 0.0) for job in batch]
-    for retry in later:
-        # A job that failed before keeps its count through a wait for the bank or a service.
-        failed_so_far = failed_before.get(retry.job.registration_id, 0)
-        publish_registration(app, retry.job, countdown=retry.delay, retries=retries + 1, failed=failed_so_far)
+    if later:
+        with confirming_producer(app) as producer:
+            for retry in later:
+                # A job that failed before keeps its count through a wait for the bank or a service.
+                publish_registration(
+                    app,
+                    retry.job,
+                    countdown=retry.delay,
+                    retries=retries + 1,
+                    producer=producer,
+                    failed=failed_before.get(retry.job.registration_id, 0),
+                )
     _after_failures([(f, failed_before.get(f.registration_id or "", 0)) for f in failed])
     return True
 
@@ -335,30 +369,38 @@ def _after_failures(failed: list[tuple[registration.Failure, int]]) -> None:
     growing delay; or, at its `DEAD_LETTER_AFTER`th delivery or when it cannot succeed as it is, is
     dead-lettered and its registration `failed`. One line each, without a traceback: the reason says it."""
     letters: list[deadletters.Letter] = []
+    again: list[tuple[Any, float, int]] = []
     limit = settings.DEAD_LETTER_AFTER
     for failure, before in failed:
         deliveries = before + 1
-        if failure.final or deliveries >= limit:
-            logger.error(
-                "registration job failed registration_id=%s delivery=%s of %s, dead-lettered reason=%s",
+        about = failure.registration_id
+        with logs.about_registrations(about) if about is not None else nullcontext():
+            if failure.final or deliveries >= limit:
+                logger.error(
+                    "registration job failed registration_id=%s delivery=%s of %s, dead-lettered reason=%s",
+                    failure.registration_id,
+                    deliveries,
+                    limit,
+                    failure.reason,
+                )
+                letters.append(deadletters.Letter(failure, deliveries))
+                continue
+            delay = deadletters.failure_delay(deliveries)
+            logger.warning(
+                "registration job failed registration_id=%s delivery=%s of %s, tried again in %.1f s"
+                " reason=%s",
                 failure.registration_id,
                 deliveries,
                 limit,
+                delay,
                 failure.reason,
             )
-            letters.append(deadletters.Letter(failure, deliveries))
-            continue
-        delay = deadletters.failure_delay(deliveries)
-        logger.warning(
-            "registration job failed registration_id=%s delivery=%s of %s, tried again in %.1f s reason=%s",
-            failure.registration_id,
-            deliveries,
-            limit,
-            delay,
-            failure.reason,
-        )
-        metrics.JOB_RETRIES.labels(REGISTER_TASK, "failure").inc()
-        publish_job_body(app, failure.body, countdown=delay, failed=deliveries)
+        again.append((failure.body, delay, deliveries))
+    if again:
+        metrics.JOB_RETRIES.labels(REGISTER_TASK, "failure").inc(len(again))
+        with confirming_producer(app) as producer:
+            for body, delay, deliveries in again:
+                publish_job_body(app, body, countdown=delay, producer=producer, failed=deliveries)
     if not letters:
         return
     rt = runtime()
@@ -367,13 +409,15 @@ def _after_failures(failed: list[tuple[registration.Failure, int]]) -> None:
     except Exception as exc:
         # Not kept (the database away): each is delivered once more, as its last delivery.
         logger.warning("dead letters not kept, delivered again count=%s error=%r", len(letters), exc)
-        for letter in letters:
-            publish_job_body(
-                app,
-                letter.failure.body,
-                countdown=deadletters.failure_delay(letter.deliveries),
-                failed=max(letter.deliveries, limit) - 1,
-            )
+        with confirming_producer(app) as producer:
+            for letter in letters:
+                publish_job_body(
+                    app,
+                    letter.failure.body,
+                    countdown=deadletters.failure_delay(letter.deliveries),
+                    producer=producer,
+                    failed=max(letter.deliveries, limit) - 1,
+                )
         return
     try:
         run(deadletters.mark_failed(rt.store, letters))
@@ -442,15 +486,19 @@ def recovery_grace(settings: Settings) -> float:
 def recover_pending_registrations(older_than: float | None = None) -> dict[str, int]:
     """Publish again the jobs of registrations untouched for too long (a job lost on its way)."""
     rt = runtime()
-
-    async def publish(job: RegistrationJob) -> None:
-        publish_registration(app, job)
-
-    async def queued() -> int:
-        return await asyncio.to_thread(queued_registrations, app)
-
     grace = recovery_grace(settings) if older_than is None else older_than
-    return {"republished": run(registration.recover_pending(rt.store, publish, queued, older_than=grace))}
+    # Each publish waits for its confirm within the publish timeout: a broker that blocks publishers fails
+    # this run (the next one tries again), rather than holding a pool process.
+    with confirming_producer(app) as producer:
+
+        async def publish(job: RegistrationJob) -> None:
+            publish_registration(app, job, producer=producer)
+
+        async def queued() -> int:
+            return await asyncio.to_thread(queued_registrations, app)
+
+        republished = run(registration.recover_pending(rt.store, publish, queued, older_than=grace))
+    return {"republished": republished}
 
 
 #: Delivered messages the embedded broker keeps longer than this are deleted from its file.

@@ -1,16 +1,19 @@
+import uuid
 from datetime import date
 from typing import Annotated, Any
 
+import amqp.exceptions
 import anyio.to_thread
+import kombu.exceptions
 from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 
 from delivery import deadletters, service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
-from delivery.api.responses import ADMIN, CONFLICT, PACKAGE_NOT_FOUND
+from delivery.api.responses import ADMIN, CONFLICT, JOB_NOT_FOUND, PACKAGE_NOT_FOUND
 from delivery.api.routing import DecimalRoute
-from delivery.broker import PRICE_TASK, publish_job_body
+from delivery.broker import PRICE_TASK, PUBLISH_TIMEOUT, confirming_producer, publish_job_body
 from delivery.errors import ServiceUnavailable
 from delivery.schemas import (
     MAX_RANGE_DAYS,
@@ -44,15 +47,47 @@ async def bind_transport_company(package_id: PackageId, body: TransportCompanyBi
     return await service.bind_transport_company(db, package_id, body.company_id)
 
 
-@router.get("/admin/stats/daily-costs/")
+_DAY = {"type": "string", "format": "date"}
+
+#: The query as OpenAPI states it: `date`, or `from` with `to`, and nothing else (an object parameter, its
+#: properties the query's names). Three optional parameters would document `?to=` alone, or none at all, as
+#: a valid query; the server refuses them (422), so the document does too. What no schema can state, `from`
+#: not after `to` and at most `MAX_RANGE_DAYS` days, is in its description.
+DAY_OR_RANGE = {
+    "name": "day_or_range",
+    "in": "query",
+    "required": True,
+    "style": "form",
+    "explode": True,
+    "description": (
+        "`date` (a UTC day, YYYY-MM-DD), or `from` and `to` (the range's first and last UTC days, "
+        f"`from` not after `to`, at most {MAX_RANGE_DAYS} days in all)"
+    ),
+    "schema": {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {"date": _DAY},
+                "required": ["date"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"from": _DAY, "to": _DAY},
+                "required": ["from", "to"],
+                "additionalProperties": False,
+            },
+        ]
+    },
+}
+
+
+@router.get("/admin/stats/daily-costs/", openapi_extra={"parameters": [DAY_OR_RANGE]})
 async def daily_costs(
     db: DbSession,
-    day: Annotated[IsoDate | None, Query(alias="date", description="a UTC day, YYYY-MM-DD")] = None,
-    start: Annotated[IsoDate | None, Query(alias="from", description="the range's first UTC day")] = None,
-    end: Annotated[
-        IsoDate | None,
-        Query(alias="to", description=f"the range's last UTC day, at most {MAX_RANGE_DAYS} days in all"),
-    ] = None,
+    day: Annotated[IsoDate | None, Query(alias="date", include_in_schema=False)] = None,
+    start: Annotated[IsoDate | None, Query(alias="from", include_in_schema=False)] = None,
+    end: Annotated[IsoDate | None, Query(alias="to", include_in_schema=False)] = None,
 ) -> DailyCosts | DailyCostsRange:
     """The delivery costs calculated on a UTC day (`date`), or on every day from `from` to `to`, by type."""
     if day is not None and start is None and end is None:
@@ -113,8 +148,20 @@ async def dead_letters(db: DbSession) -> DeadLetters:
 async def requeue_dead_letters(resources: ResourcesDep) -> DeadLettersRequeued:
     """Send every dead letter back to the registration queue (after the cause was fixed)."""
 
+    celery = resources.celery
+
+    def send(body: Any) -> None:
+        with confirming_producer(celery) as producer:
+            publish_job_body(celery, body, producer=producer)
+
     async def publish(body: Any) -> None:
-        await anyio.to_thread.run_sync(publish_job_body, resources.celery, body)
+        # Bounded as the pricing job's publish is: a broker that blocks publishers is a 503, the letters
+        # not yet sent kept.
+        try:
+            with anyio.fail_after(2 * PUBLISH_TIMEOUT):
+                await anyio.to_thread.run_sync(send, body, abandon_on_cancel=True)
+        except (TimeoutError, OSError, kombu.exceptions.KombuError, amqp.exceptions.AMQPError) as exc:
+            raise ServiceUnavailable("broker") from exc
 
     sent = await deadletters.requeue(
         resources.maker, resources.store, publish, status_ttl=resources.settings.STATUS_TTL
@@ -125,12 +172,32 @@ async def requeue_dead_letters(resources: ResourcesDep) -> DeadLettersRequeued:
 @router.post("/admin/jobs/price-packages/", status_code=202)
 async def price_packages(resources: ResourcesDep) -> JobAccepted:
     """Run the periodic pricing job now."""
-    result: AsyncResult[Any] = await anyio.to_thread.run_sync(resources.celery.send_task, PRICE_TASK)
+    celery = resources.celery
+
+    def send() -> AsyncResult[Any]:
+        with confirming_producer(celery) as producer:
+            return celery.send_task(
+                PRICE_TASK,
+                producer=producer,
+                retry=False,
+                timeout=PUBLISH_TIMEOUT,
+                confirm_timeout=PUBLISH_TIMEOUT,
+            )
+
+    try:
+        # The publish's own deadlines bound it; this one bounds what they do not (a connection that opens
+        # but never answers), the thread abandoned to them.
+        with anyio.fail_after(2 * PUBLISH_TIMEOUT):
+            result = await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+    except (TimeoutError, OSError, kombu.exceptions.KombuError, amqp.exceptions.AMQPError) as exc:
+        raise ServiceUnavailable("broker") from exc
     return JobAccepted(task_id=result.id)
 
 
-@router.get("/admin/jobs/{task_id}/")
-async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
+# Celery's task ids are UUIDs: the path takes nothing else, so it never shadows another route of
+# /admin/jobs/ (`price-packages` is not a task id), and any other id names no job.
+@router.get("/admin/jobs/{task_id:uuid}/", responses=JOB_NOT_FOUND)
+async def job_state(task_id: uuid.UUID, resources: ResourcesDep) -> JobState:
     """A job's state and result, from Celery's result backend."""
     backend = resources.celery.backend
     # Seconds an operator waits for the backend before a 503: a silent Redis otherwise holds the request
@@ -141,10 +208,10 @@ async def job_state(task_id: str, resources: ResourcesDep) -> JobState:
         # One attempt: `AsyncResult.state` retries a failed read with backoff for minutes (the worker's
         # result_backend_always_retry, there so its result writes survive a Redis restart). Both backends
         # configured here (Redis, the embedded folder) are key-value backends, which have this single read.
-        meta = backend._get_task_meta_for(task_id)  # type: ignore[attr-defined]
+        meta = backend._get_task_meta_for(str(task_id))  # type: ignore[attr-defined]
         state, value = meta["status"], meta["result"]
         return JobState(
-            task_id=task_id,
+            task_id=str(task_id),
             state=state,
             result=value if state == "SUCCESS" and isinstance(value, dict) else None,
             error=repr(value) if state == "FAILURE" else None,

@@ -3,6 +3,8 @@
 import asyncio
 import hmac
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: What a lost connection to the database raises.
 DB_GONE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+#: Seconds the type ids read from the database are taken as they are, before a registration reads them again.
+TYPE_IDS_TTL = 5.0
 
 
 @dataclass
@@ -39,8 +43,11 @@ class Resources:
     celery: Celery
     #: On RabbitMQ, the API's own publisher; None on the embedded broker, published through Celery's producer.
     publisher: AmqpPublisher | None = None
-    #: Read at the first registration (and again on an id not among them): what a registration is checked on.
+    #: What a registration's type is checked on: read at the first registration, and again on an id not
+    #: among them or once `type_ids_ttl` seconds have passed since (`type_ids_read_at`, monotonic).
     type_ids: frozenset[int] = field(default_factory=frozenset)
+    type_ids_read_at: float = -math.inf
+    type_ids_ttl: float = TYPE_IDS_TTL
     #: Read at start, for the OpenAPI document's list of type ids.
     documented_type_ids: frozenset[int] = field(default_factory=frozenset)
     type_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -48,11 +55,27 @@ class Resources:
     #: Where the blocks of lists read deep lately start (hints, checked by each page's statement).
     block_maps: service.BlockMaps = field(default_factory=service.BlockMaps)
 
+    def type_known(self, type_id: int) -> bool:
+        """Whether `type_id` is among the type ids read within the last `type_ids_ttl` seconds (no I/O)."""
+        return type_id in self.type_ids and time.monotonic() - self.type_ids_read_at < self.type_ids_ttl
+
     async def type_exists(self, db: AsyncSession, type_id: int) -> bool:
-        """Types come from migrations: the ids are kept, and re-read on a miss in case one was added."""
-        if type_id not in self.type_ids:
-            async with self.type_lock:
+        """Whether the type exists, as read within the last `type_ids_ttl` seconds: a type removed while
+        the API runs is refused within that time, before anything is stored or queued (its job could only
+        fail). A database away when they are due is no reason to refuse a type read before: those are kept
+        for another period, and a type not among them is the database's 503."""
+        if self.type_known(type_id):
+            return True
+        async with self.type_lock:
+            if self.type_known(type_id):
+                return True  # read meanwhile by another request
+            try:
                 self.type_ids = await service.type_ids(db)
+            except DB_GONE as exc:
+                if type_id not in self.type_ids:
+                    raise
+                logger.warning("parcel types not read again, the last read ones kept error=%r", exc)
+            self.type_ids_read_at = time.monotonic()
         return type_id in self.type_ids
 
     async def publish(self, job: RegistrationJob) -> None:

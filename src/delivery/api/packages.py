@@ -203,7 +203,7 @@ async def _accept(
         resources.publish,
         session_id=session_id,
         data=data,
-        idempotency_key_value=idempotency_key,
+        idempotency_key=idempotency_key,
         status_ttl=resources.settings.STATUS_TTL,
     )
     return RegistrationAccepted(status_id=status_id)
@@ -234,8 +234,8 @@ async def _fast_register(request: Request) -> Response | None:
         data = PackageCreate.model_validate(decimal_json(await request.body()))
     except Exception:  # anything to refuse (or nested too deep to parse): FastAPI's handler answers it
         return None
-    if data.type_id not in resources.type_ids:
-        return None  # unknown to this process yet: the handler reads the types again
+    if not resources.type_known(data.type_id):
+        return None  # unknown to this process yet, or read too long ago: the handler reads the types again
     accepted = await _accept(resources, session_id, data, None if key is None else key.decode("latin-1"))
     response = Response(accepted.model_dump_json().encode(), status_code=202, media_type=JSON)
     response.headers["location"] = status_url(accepted.status_id)

@@ -26,6 +26,7 @@ def documented(*samples: Exception) -> Responses:
 UNAUTHENTICATED = documented(Unauthenticated())
 PACKAGE_NOT_FOUND = documented(NotFound("package"))
 STATUS_NOT_FOUND = documented(NotFound("registration status"))
+JOB_NOT_FOUND = documented(NotFound("job"))
 UNAVAILABLE = documented(ServiceUnavailable("redis"))
 ADMIN = documented(AdminUnauthenticated(), AdminForbidden("wrong X-Admin-Token"), ServiceUnavailable("redis"))
 CONFLICT = documented(TransportCompanyConflict(7))
