@@ -6,7 +6,7 @@ import amqp.exceptions
 import anyio.to_thread
 import kombu.exceptions
 from celery.result import AsyncResult
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from delivery import deadletters, service
@@ -84,12 +84,17 @@ DAY_OR_RANGE = {
 
 @router.get("/admin/stats/daily-costs/", openapi_extra={"parameters": [DAY_OR_RANGE]})
 async def daily_costs(
+    request: Request,
     db: DbSession,
     day: Annotated[IsoDate | None, Query(alias="date", include_in_schema=False)] = None,
     start: Annotated[IsoDate | None, Query(alias="from", include_in_schema=False)] = None,
     end: Annotated[IsoDate | None, Query(alias="to", include_in_schema=False)] = None,
 ) -> DailyCosts | DailyCostsRange:
     """The delivery costs calculated on a UTC day (`date`), or on every day from `from` to `to`, by type."""
+    # The query's shapes admit no other name (`additionalProperties: false`): one is refused, not ignored.
+    for name, value in request.query_params.multi_items():
+        if name not in ("date", "from", "to"):
+            raise _invalid(name, "unknown query parameter: give date, or from and to", value)
     if day is not None and start is None and end is None:
         return DailyCosts(date=day, totals=_totals(await service.daily_costs(db, day)))
     start, end = _range(day, start, end)
