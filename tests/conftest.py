@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery.config import Settings
 from delivery.db import create_engine, create_sessionmaker
-from delivery.models import ClientSession, CostCalculation, DailyCostTotal, Package, PackageType
+from delivery.models import ClientSession, CostCalculation, DailyCostTotal, DeadLetter, Package, PackageType
 from tests.browser import LiveServer, launch_chromium
 from tests.factories import app_client
 from tests.fakebank import FakeBank
@@ -121,7 +121,7 @@ async def clean(request: pytest.FixtureRequest, bank: FakeBank) -> AsyncIterator
         for attempt in range(5):
             try:
                 async with engine.begin() as connection:
-                    for model in (CostCalculation, DailyCostTotal, Package, ClientSession):
+                    for model in (CostCalculation, DailyCostTotal, Package, ClientSession, DeadLetter):
                         await connection.execute(delete(model))
                     present = set((await connection.execute(select(PackageType.id))).scalars())
                     missing = [t for t in TYPES if t["id"] not in present]

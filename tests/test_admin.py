@@ -83,6 +83,8 @@ ENDPOINTS: list[tuple[str, str, Json | None]] = [
     ("GET", "/admin/stats/backlog/", None),
     ("POST", "/admin/jobs/price-packages/", None),
     ("GET", f"/admin/jobs/{uuid.uuid4()}/", None),
+    ("GET", "/admin/dead-letters/", None),
+    ("POST", "/admin/dead-letters/requeue/", None),
 ]
 ENDPOINT_IDS = [
     "transport-company",
@@ -91,6 +93,8 @@ ENDPOINT_IDS = [
     "backlog",
     "price-packages",
     "job-state",
+    "dead-letters",
+    "dead-letters-requeue",
 ]
 
 
@@ -460,6 +464,8 @@ async def test_backlog_counts_what_waits(
         "registrations_pending_exact": True,
         "last_cost_calculated_at": None,
         "last_pricing_run": None,
+        "dead_letters": 0,
+        "oldest_dead_letter_at": None,
     }
     session_id = (await add_session(maker))[0]
     await add_unpriced_packages(maker, session_id, [(1, "1", "1"), (2, "2", "2"), (3, "3", "3")])

@@ -559,6 +559,9 @@ async def test_range_reads_the_totals_in_one_statement(
         ({}, "date"),
         ({"date": "2025-06-26", "day": "2025-06-26"}, "day"),  # a name the document does not allow
         ({"from": "2025-06-01", "to": "2025-06-02", "page": "1"}, "page"),
+        # A name the query's shapes do not have is refused, not ignored (as schemathesis found).
+        ({"date": "2025-06-26", "day": "2025-06-27"}, "day"),
+        ({"from": "2025-06-01", "to": "2025-06-30", "type": "1"}, "type"),
     ],
 )
 async def test_bad_range_is_422_naming_the_field(

@@ -138,8 +138,8 @@ PROMQL_WORDS = {
 
 def exported_names() -> set[str]:
     """Every sample name /metrics can export: the registry's families (even those with no sample yet, such
-    as a labelled counter never incremented) and the scrape-time gauge, with their types' suffixes."""
-    body, _ = metrics.render(awaiting_cost=0)
+    as a labelled counter never incremented) and the scrape-time gauges, with their types' suffixes."""
+    body, _ = metrics.render(awaiting_cost=0, dead_letters=(0, 0.0))
     names: set[str] = set()
     for family in text_string_to_metric_families(body.decode()):
         names.update(family.name + suffix for suffix in SUFFIXES[family.type])

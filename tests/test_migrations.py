@@ -23,7 +23,7 @@ from tests.factories import app_client, open_session
 from tests.stack import ROOT, Stack, run_in_thread
 
 TYPES = [(1, "clothes"), (2, "electronics"), (3, "misc")]
-TABLES = {"sessions", "package_types", "packages", "cost_calculations", "daily_cost_totals"}
+TABLES = {"sessions", "package_types", "packages", "cost_calculations", "daily_cost_totals", "dead_letters"}
 
 
 @pytest.fixture

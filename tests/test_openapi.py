@@ -28,6 +28,8 @@ CONTRACT: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("get", "/admin/stats/backlog/"): ("200", {"401", "403", "503"}),
     ("post", "/admin/jobs/price-packages/"): ("202", {"401", "403", "503"}),
     ("get", "/admin/jobs/{task_id}/"): ("200", {"401", "403", "503"}),
+    ("get", "/admin/dead-letters/"): ("200", {"401", "403", "503"}),
+    ("post", "/admin/dead-letters/requeue/"): ("202", {"401", "403", "503"}),
     ("get", "/healthz"): ("200", set()),
     ("get", "/readyz"): ("200", {"503"}),
     ("get", "/metrics"): ("200", set()),

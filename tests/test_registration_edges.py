@@ -1,6 +1,6 @@
 """The edges of the registration pipeline: a key claimed by a registration that was never stored, recovery
-under a backlog, a job that can never succeed, unsupported pools. Each on both stacks, with a real worker
-where a job must run."""
+under a backlog, unsupported pools (a job that can never succeed: `test_dead_letters`). Each on both stacks,
+with a real worker where a job must run."""
 
 import asyncio
 import subprocess
@@ -29,7 +29,7 @@ from delivery.registration import (
 from delivery.schemas import PackageCreate
 from delivery.store import create_store
 from tests.factories import Maker, open_session
-from tests.helpers import expected_cost, fixture_rate, packages_by_registration, wait_done
+from tests.helpers import packages_by_registration, wait_done
 from tests.stack import Stack, WorkerProcess
 
 BODY = PackageCreate(name="Edge parcel", weight_kg=Decimal("1.5"), type_id=1, content_value_usd=Decimal("40"))
@@ -117,45 +117,6 @@ async def test_a_job_retrying_is_not_taken_for_lost(stack: Stack) -> None:
         assert sent == []
     finally:
         await store.close()
-
-
-async def test_a_job_that_can_never_succeed_fails_alone(
-    customer: httpx.AsyncClient, stack: Stack, worker: WorkerProcess, maker: Maker
-) -> None:
-    """A job whose data cannot be stored (here a weight that is not a number, as a corrupted message would
-    carry) ends `failed` with its reason, at once; the jobs of its batch are registered all the same."""
-    session_id = await open_session(customer)
-    store = create_store(stack.settings)
-    celery = create_celery(stack.settings)
-
-    async def hold(job: RegistrationJob) -> None:
-        return None
-
-    try:
-        ids = [
-            await accept_registration(
-                store, hold, session_id=session_id, data=BODY, idempotency_key=None, status_ttl=3600
-            )
-            for _ in range(4)
-        ]
-        for i, registration_id in enumerate(ids):
-            raw = await store.get(status_key(registration_id))
-            assert raw is not None
-            job = RegistrationJob.from_json(StatusRecord.loads(raw).job or {})
-            if i == 0:
-                job = RegistrationJob.from_json(job.to_json() | {"weight_kg": "not a number"})
-            await asyncio.to_thread(publish_registration, celery, job)
-    finally:
-        celery.close()
-        await store.close()
-    statuses = [await wait_done(customer, f"/packages/status/{i}/", limit=30) for i in ids]
-    assert statuses[0]["state"] == "failed" and statuses[0]["error"], statuses[0]
-    assert "InvalidOperation" in statuses[0]["error_message"]
-    assert [s["state"] for s in statuses[1:]] == ["registered"] * 3
-    rows = await packages_by_registration(maker)
-    assert len(rows) == 3
-    cost = expected_cost(BODY.weight_kg, BODY.content_value_usd, fixture_rate()[0])
-    assert {str(group[0].delivery_cost_rub) for group in rows.values()} == {cost}
 
 
 def test_the_thread_pool_is_refused_at_start(stack: Stack) -> None:

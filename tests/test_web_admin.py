@@ -6,7 +6,10 @@ It talks only to the operator endpoints, with the token the operator typed in. S
 `test-artifacts/`.
 """
 
+import json
 import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -16,12 +19,15 @@ from typing import Any
 import httpx
 import pytest
 from playwright.async_api import Browser, Locator, Page, expect
+from sqlalchemy import select
 
 from delivery.jobs import price_pending
+from delivery.models import DeadLetter, Package
 from delivery.rates import Rate
+from delivery.registration import RegistrationJob
 from tests.browser import DESKTOP, PHONE, LiveServer, new_page, no_horizontal_scroll, screenshot, shown
 from tests.factories import Maker, add_package, add_session, add_unpriced_packages
-from tests.helpers import expected_cost
+from tests.helpers import expected_cost, wait_until
 from tests.stack import ADMIN_TOKEN, Stack, WorkerProcess
 
 JOB_TIMEOUT_MS = 40_000
@@ -202,6 +208,44 @@ async def test_the_pricing_job_is_followed_to_its_result(
         await expect(page.locator("#backlog-last")).not_to_have_text("ещё не было")
         last_day = page.locator(f'#costs-body tr[data-date="{today().isoformat()}"] td').last
         await expect(last_day).to_have_attribute("data-packages", "3")
+
+
+async def test_dead_letters_are_shown_and_sent_back(
+    stack: Stack, worker: WorkerProcess, browser: Browser, live_server: LiveServer, maker: Maker
+) -> None:
+    """A registration job dead-lettered two hours ago: the backlog counts it with its age; "Отправить снова"
+    sends it back, and it registers."""
+    session_id = (await add_session(maker))[0]
+    registration_id = str(uuid.uuid4())
+    job = RegistrationJob(registration_id, session_id, "Parcel", "1.5", 1, "40", time.time())
+    async with maker() as db, db.begin():
+        db.add(
+            DeadLetter(
+                registration_id=registration_id,
+                session_id=session_id,
+                body=json.dumps(job.to_json()),
+                reason="type 1 no longer exists",
+                deliveries=1,
+                dead_at=datetime.now(UTC) - timedelta(hours=2, minutes=5),
+            )
+        )
+    async with console(browser, live_server) as page:
+        await expect(page.locator("#backlog-dead")).to_have_text("1, самое старое — 2 ч назад")
+        await page.get_by_role("button", name="Отправить снова").click()
+        await expect(page.locator("#dead-status")).to_have_text("Отправлено снова: 1.")
+        # At the latest, the next refresh says so.
+        await expect(page.locator("#backlog-dead")).to_have_text("нет", timeout=10_000)
+
+    async def registered() -> bool:
+        async with maker() as db:
+            return (
+                await db.scalar(
+                    select(Package.id).where(Package.registration_id == uuid.UUID(registration_id))
+                )
+                is not None
+            )
+
+    await wait_until(registered, 30, "the job sent back registered")
 
 
 async def test_a_company_is_bound_and_a_409_names_the_holder(

@@ -251,6 +251,7 @@ def publish_registration(
     countdown: float | None = None,
     retries: int = 0,
     producer: Producer | None = None,
+    failed: int = 0,
 ) -> None:
     """Publish a registration job, blocking until the broker confirms it, at most `PUBLISH_TIMEOUT` for
     each attempt (Celery's publish retry policy makes a few); through `producer` (of `confirming_producer`),
@@ -259,14 +260,45 @@ def publish_registration(
     As `send_task` would, but without subscribing to its result: on the Redis backend `send_task`
     SUBSCRIBEs the publisher to the task's result channel, a round trip that nobody here reads (a
     registration's record is its status, not a Celery result)."""
+    publish_job_body(
+        app, job.to_json(), countdown=countdown, retries=retries, producer=producer, failed=failed
+    )
+
+
+#: The message header that counts the failed deliveries of the job a message holds (absent: none).
+FAILED_DELIVERIES = "failed_deliveries"
+
+
+def failed_deliveries(headers: dict[str, Any] | None) -> int:
+    """The failed deliveries a message's headers count; 0 for one without the header or with a bad one."""
+    value = (headers or {}).get(FAILED_DELIVERIES)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def publish_job_body(
+    app: Celery,
+    body: Any,
+    *,
+    countdown: float | None = None,
+    retries: int = 0,
+    producer: Producer | None = None,
+    failed: int = 0,
+) -> None:
+    """Publish one registration job as its body stands (one this worker could not read, or a dead letter
+    sent back, is published unchanged), with the count of its failed deliveries so far; through `producer`
+    as `publish_registration`."""
     if producer is None:
         with app.producer_or_acquire() as pooled:
-            publish_registration(app, job, countdown=countdown, retries=retries, producer=pooled)
+            publish_job_body(app, body, countdown=countdown, retries=retries, producer=pooled, failed=failed)
         return
-    args = (job.to_json(),)
+    registration_id = body.get("registration_id") if isinstance(body, dict) else None
+    task_id = registration_id if isinstance(registration_id, str) and registration_id else str(uuid.uuid4())
+    args = (body,)
     message = app.amqp.create_task_message(
-        job.registration_id, REGISTER_TASK, args, {}, countdown=countdown, retries=retries
+        task_id, REGISTER_TASK, args, {}, countdown=countdown, retries=retries
     )
+    if failed:
+        message.headers[FAILED_DELIVERIES] = failed
     route = app.amqp.router.route({}, REGISTER_TASK, args, {})
     if countdown and _quorum(route["queue"]):
         # A worker would hold a job whose time has not come in memory, unacknowledged, where a quorum

@@ -113,14 +113,43 @@ def refresh_rate() -> int:
     return 0
 
 
+def requeue_dead_letters() -> int:
+    """Send every dead letter back to the registration queue, in this process."""
+    from delivery import deadletters
+    from delivery.broker import publish_job_body
+    from delivery.worker import app, run, runtime, settings
+
+    rt = runtime()
+
+    async def publish(body: Any) -> None:
+        publish_job_body(app, body)
+
+    try:
+        sent = run(deadletters.requeue(rt.maker, rt.store, publish, status_ttl=settings.STATUS_TTL))
+    finally:
+        rt.close()
+    print(f"sent back {sent} dead letter{'' if sent == 1 else 's'}")
+    return 0
+
+
 COMMANDS = {"serve": serve, "migrate": migrate, "price": price, "refresh-rate": refresh_rate}
+#: Commands of two words: `delivery dead-letters requeue`.
+SUBCOMMANDS = {"dead-letters": {"requeue": requeue_dead_letters}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="delivery", description=__doc__)
-    parser.add_argument("command", choices=COMMANDS, help="what to do")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name in COMMANDS:
+        commands.add_parser(name)
+    for name, actions in SUBCOMMANDS.items():
+        sub = commands.add_parser(name).add_subparsers(dest="action", required=True, metavar="action")
+        for action in actions:
+            sub.add_parser(action)
     args = parser.parse_args(argv)
     configure_logging()
+    if args.command in SUBCOMMANDS:
+        return SUBCOMMANDS[args.command][args.action]()
     return COMMANDS[args.command]()
 
 

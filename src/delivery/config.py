@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     RATE_LIMIT_READS: RateLimits = "1200/minute"  # per session: its packages, one package, a status
     RATE_LIMIT_SESSIONS: RateLimits = "60/minute"  # sessions opened per client address
     RATE_LIMIT_OPERATOR_KEYS: RateLimits = "10/minute;100/day"  # wrong operator keys per client address
+    #: Deliveries of a failing registration job (each after a growing delay) before it is dead-lettered.
+    DEAD_LETTER_AFTER: PositiveInt = 5
 
     @field_validator("ADMIN_TOKEN")
     @classmethod

@@ -121,9 +121,9 @@ async def create_packages(
             return await _insert_packages(
                 maker, batch, registration_ids, rate, clock(), look_first=attempt > 1
             )
-        except IntegrityError:
+        except IntegrityError as exc:
             if len(registration_ids) == 1:
-                return await _existing_package(maker, batch[0])
+                return await _existing_package(maker, batch[0], exc)
             if attempt == DUPLICATE_RETRIES:
                 raise
             logger.info("registration batch met a duplicate, writing it again attempt=%s", attempt)
@@ -223,8 +223,11 @@ async def create_package(
     return (await create_packages(maker, [job], rate, clock=clock))[job.registration_id]
 
 
-async def _existing_package(maker: async_sessionmaker[AsyncSession], job: RegistrationJob) -> Created:
-    """After a refused insert of one package: it exists (made meanwhile), or it never can be."""
+async def _existing_package(
+    maker: async_sessionmaker[AsyncSession], job: RegistrationJob, refused: IntegrityError
+) -> Created:
+    """After a refused insert of one package: it exists (made meanwhile), or its type is gone (it never can
+    be), or the database refused it for another reason (a constraint or trigger), raised as it was."""
     async with maker() as db:
         package_id = await db.scalar(
             select(Package.id).where(Package.registration_id == uuid.UUID(job.registration_id))
@@ -236,7 +239,7 @@ async def _existing_package(maker: async_sessionmaker[AsyncSession], job: Regist
             return Created({job.registration_id: package_id}, frozenset({job.registration_id}))
         if await db.get(PackageType, job.type_id) is None:
             raise RegistrationImpossible(f"type {job.type_id} no longer exists")
-        raise RegistrationImpossible("the package could not be stored")
+        raise refused
 
 
 async def price_pending(

@@ -153,8 +153,9 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(identity(pid))  # type: ignore[no-untyped-call]
 
 
-def render(awaiting_cost: int | None) -> tuple[bytes, str]:
-    """The exposition text: every process's metrics, and the scrape-time gauge of packages without a cost."""
+def render(awaiting_cost: int | None, *, dead_letters: tuple[int, float] | None = None) -> tuple[bytes, str]:
+    """The exposition text: every process's metrics, and the scrape-time gauges: packages without a cost,
+    dead letters (their count, and the age of the oldest)."""
     if multiprocess_dir():
         sweep_dead_processes()
         registry = CollectorRegistry()
@@ -166,7 +167,29 @@ def render(awaiting_cost: int | None) -> tuple[bytes, str]:
         extra = CollectorRegistry()
         extra.register(_Gauge(awaiting_cost))
         body += generate_latest(extra)
+    if dead_letters is not None:
+        extra = CollectorRegistry()
+        extra.register(_DeadLetters(*dead_letters))
+        body += generate_latest(extra)
     return body, CONTENT_TYPE_LATEST
+
+
+class _DeadLetters:
+    def __init__(self, count: int, oldest_age: float) -> None:
+        self.count = count
+        self.oldest_age = oldest_age
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "delivery_dead_letters", "Registration jobs dead-lettered, not sent back", value=self.count
+            ),
+            GaugeMetricFamily(
+                "delivery_dead_letter_oldest_age_seconds",
+                "Seconds since the oldest dead letter was dead-lettered (0: none)",
+                value=self.oldest_age,
+            ),
+        ]
 
 
 class _Gauge:

@@ -4,7 +4,7 @@ import uuid
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, Computed, Date, ForeignKey, Index, Integer, String, Uuid
+from sqlalchemy import BigInteger, Boolean, Computed, Date, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from delivery.db import Base, ExactDecimal, UTCDateTime, utcnow
@@ -131,3 +131,22 @@ class DailyCostTotal(Base):
     type_id: Mapped[int] = mapped_column(ForeignKey("package_types.id"), primary_key=True)
     packages: Mapped[int] = mapped_column(BigInteger)
     total_cost_rub: Mapped[Decimal] = mapped_column(ExactDecimal(24, 2))
+
+
+class DeadLetter(Base):
+    """A registration job that could not succeed: its body as the worker received it, kept until an operator
+    sends it back to the registration queue (`delivery dead-letters requeue`).
+
+    No foreign key: a dead letter outlives its session, and a body that could not be read may name none.
+    """
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    #: One letter per registration (a job dead-lettered twice updates it); null when the body names none.
+    registration_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    session_id: Mapped[int | None] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(1000))
+    deliveries: Mapped[int] = mapped_column(Integer)
+    dead_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

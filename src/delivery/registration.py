@@ -10,7 +10,9 @@ The API and the worker share this module; neither imports the other.
 2. `register_batch` (worker): takes its jobs (their fate keys marked taken, the withdrawn ones left out);
    for the rest, one rate read, one transaction that creates every package with its cost, cost log and daily
    totals (`jobs.create_packages`), then one store round trip that writes every outcome. The broker's
-   messages are acknowledged after that returns.
+   messages are acknowledged after that returns. A job that fails is narrowed down and handed back
+   (`Failure`): the worker tries it again later, alone, and after `DEAD_LETTER_AFTER` deliveries
+   dead-letters it (`delivery.deadletters`).
 3. `recover_pending` (beat): a pending registration untouched for a long while, with no job waiting in the
    queue, lost its job: it is published again from its status.
 
@@ -31,7 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from delivery import logs, metrics
@@ -364,6 +366,62 @@ def backoff(retries: int, *, base: float = 1.0, cap: float = MAX_BACKOFF) -> flo
     return random.uniform(0, min(cap, base * 2**retries))
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job that failed in this delivery: its body as the worker received it, and why.
+
+    `final`: it cannot succeed as it is (`RegistrationImpossible`), so it is dead-lettered at once; any other
+    failure is tried again later, alone, until its deliveries run out.
+    """
+
+    body: Any
+    reason: str
+    final: bool = False
+
+    @property
+    def registration_id(self) -> str | None:
+        """The registration the body names, if it names one that could be (a UUID's text is 36 long)."""
+        value = self.body.get("registration_id") if isinstance(self.body, dict) else None
+        return value if isinstance(value, str) and 0 < len(value) <= 64 else None
+
+    @property
+    def session_id(self) -> int | None:
+        value = self.body.get("session_id") if isinstance(self.body, dict) else None
+        valid = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+        return value if valid else None
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What is left of a batch: the jobs to try again later (waiting for the bank), the jobs that failed."""
+
+    later: list[Retry]
+    failed: list[Failure]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An error as a failed status and a dead letter show it: the driver's own message for a database error
+    (without the statement and its parameters), cut to a readable length."""
+    if isinstance(exc, RegistrationImpossible):
+        return str(exc)[:500]
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {cause}"[:500]
+
+
+#: How long the database may take to answer the probe after a batch met a transient-looking error.
+PROBE_TIMEOUT = 1.0
+
+
+async def database_answers(maker: async_sessionmaker[AsyncSession]) -> bool:
+    """Whether the database answers a trivial statement now."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT), maker() as db:
+            await db.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
 #: Registration id -> package id; with `existing`, those whose package existed before (a job run twice).
 CreatePackages = Callable[
     [async_sessionmaker[AsyncSession], Sequence[RegistrationJob], Rate | None],
@@ -380,17 +438,19 @@ async def register_batch(
     create_packages: CreatePackages,
     retry_window: float,
     retries: int = 0,
-) -> list[Retry]:
+) -> BatchOutcome:
     """Register a batch: the rate, the packages (one transaction), the outcomes (one store round trip).
 
-    Returns the jobs to try again later: those waiting for the bank while their retry window is open.
-    Transient failures propagate (the caller tries the whole batch again later); any other failure is
-    narrowed down to the job that causes it, which ends `failed` with the error's message. A job whose
-    registration was withdrawn is left out, and nothing is written for it.
+    Returns the jobs to try again later (those waiting for the bank while their retry window is open) and
+    the jobs that failed. A service away propagates (the caller tries the whole batch again later); any
+    other failure, or a transient-looking one while the database answers (a statement it refuses), is
+    narrowed down to the job that causes it, and that job is handed back as a `Failure`, its status still
+    pending: the caller decides whether it is tried again or dead-lettered. A job whose registration was
+    withdrawn is left out, and nothing is written for it.
     """
     batch = await _take(store, batch)
     if not batch:
-        return []
+        return BatchOutcome([], [])
     await store.index_touch(PENDING_INDEX, [job.registration_id for job in batch], time.time())
     rate: Rate | None
     later: list[Retry] = []
@@ -416,9 +476,10 @@ async def register_batch(
             await store.index_touch(
                 PENDING_INDEX, [r.job.registration_id for r in later], now + max(r.delay for r in later)
             )
+    failed: list[Failure] = []
     if now_batch:
-        await _create_and_record(maker, store, now_batch, rate, create_packages)
-    return later
+        failed = await _create_and_record(maker, store, now_batch, rate, create_packages)
+    return BatchOutcome(later, failed)
 
 
 async def _take(store: Store, batch: Sequence[RegistrationJob]) -> list[RegistrationJob]:
@@ -437,26 +498,33 @@ async def _create_and_record(
     batch: list[RegistrationJob],
     rate: Rate | None,
     create_packages: CreatePackages,
-) -> None:
+) -> list[Failure]:
+    """Create the batch's packages and record their outcomes; the jobs that failed, narrowed down."""
     created: dict[str, int | str]
     existing: frozenset[str] = frozenset()
     try:
         made = await create_packages(maker, batch, rate)
         created, existing = dict(made), getattr(made, "existing", existing)
-    except TRANSIENT:
-        raise
     except Exception as exc:
+        # A transient error with the database away is the whole batch's, tried again later. With the database
+        # answering, it is a statement the database refuses (a trigger's SIGNAL is an OperationalError on
+        # MariaDB, as an outage is): the job's, found by narrowing down, not retried with the batch for ever.
+        if isinstance(exc, TRANSIENT) and not await database_answers(maker):
+            raise
         if len(batch) > 1:
             # One job spoils the batch (or the batch itself is at fault): try each alone to find out.
             logger.warning(
-                "registration batch failed, registering one by one size=%s error=%r", len(batch), exc
+                "registration batch failed, registering one by one size=%s error=%s",
+                len(batch),
+                failure_reason(exc),
             )
+            failed: list[Failure] = []
             for job in batch:
-                await _create_and_record(maker, store, [job], rate, create_packages)
-            return
-        message = str(exc) if isinstance(exc, RegistrationImpossible) else f"{type(exc).__name__}: {exc}"
-        created = {batch[0].registration_id: message}
+                failed += await _create_and_record(maker, store, [job], rate, create_packages)
+            return failed
+        return [Failure(batch[0].to_json(), failure_reason(exc), isinstance(exc, RegistrationImpossible))]
     await record_outcomes(store, batch, created, cost_known=rate is not None, existing=existing)
+    return []
 
 
 async def record_outcomes(
@@ -483,6 +551,18 @@ async def record_outcomes(
         if not done:
             with logs.about_registrations(job.registration_id):
                 logger.warning("status expired before the outcome registration_id=%s", job.registration_id)
+
+
+async def record_failed(store: Store, failed: Sequence[tuple[str, int, str]]) -> None:
+    """`failed` statuses with their reasons, in one round trip: (registration id, session id, reason) each."""
+    if not failed:
+        return
+    records = [
+        (status_key(registration_id), StatusRecord(session_id, "failed", error_message=reason).dumps())
+        for registration_id, session_id, reason in failed
+    ]
+    await store.finish_pending(records, index=PENDING_INDEX, members=[f[0] for f in failed])
+    metrics.REGISTRATIONS_DONE.labels("failed").inc(len(failed))
 
 
 def _outcome(

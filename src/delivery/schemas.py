@@ -269,6 +269,33 @@ class Backlog(Schema):
     last_pricing_run: PricingRunRead | None = Field(
         description="the pricing job's last run (kept 30 days); null: none since"
     )
+    dead_letters: int = Field(
+        0, examples=[0], description="registration jobs dead-lettered, not sent back yet"
+    )
+    oldest_dead_letter_at: datetime | None = Field(
+        None, description="when the oldest dead letter was dead-lettered; null: none"
+    )
+
+
+class DeadLetterRead(Schema):
+    registration_id: str | None = Field(description="null: the job's body names none")
+    session_id: int | None
+    reason: str = Field(examples=["type 3 no longer exists"])
+    deliveries: int = Field(examples=[5], description="deliveries before it was dead-lettered")
+    dead_at: datetime
+    body: str = Field(description="the job as the worker received it (JSON)")
+
+
+class DeadLetters(Schema):
+    """The registration jobs that could not succeed, waiting for an operator to send them back."""
+
+    count: int = Field(examples=[1])
+    oldest_at: datetime | None = Field(description="when the oldest was dead-lettered; null: none")
+    items: list[DeadLetterRead] = Field(description="the oldest, at most 20")
+
+
+class DeadLettersRequeued(Schema):
+    requeued: int = Field(examples=[1], description="dead letters sent back to the registration queue")
 
 
 class JobAccepted(Schema):

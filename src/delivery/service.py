@@ -20,6 +20,7 @@ from sqlalchemy import Integer, Row, Select, bindparam, false, func, select, upd
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import joinedload
 
+from delivery import deadletters
 from delivery.db import utcnow
 from delivery.errors import NotFound, TransportCompanyConflict
 from delivery.jobs import LAST_PRICING_KEY, PricingRun
@@ -447,6 +448,7 @@ async def backlog(db: AsyncSession, store: Store) -> Backlog:
     registrations (up to `PENDING_COUNT_CAP`), and the last cost calculation from the cost log."""
     pending = await store.index_below(PENDING_INDEX, math.inf, PENDING_COUNT_CAP + 1)
     last_run = await store.get(LAST_PRICING_KEY)
+    dead = await deadletters.summary(db)
     return Backlog(
         packages_without_cost=await count_awaiting_cost(db),
         registrations_pending=min(len(pending), PENDING_COUNT_CAP),
@@ -455,6 +457,8 @@ async def backlog(db: AsyncSession, store: Store) -> Backlog:
         last_pricing_run=None
         if last_run is None
         else PricingRunRead.model_validate(PricingRun.loads(last_run)),
+        dead_letters=dead.count,
+        oldest_dead_letter_at=dead.oldest_at,
     )
 
 

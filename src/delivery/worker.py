@@ -25,7 +25,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from delivery import jobs, logs, maintenance, metrics, registration
+from delivery import deadletters, jobs, logs, maintenance, metrics, registration
 from delivery.broker import (
     BATCH_INTERVAL,
     BATCH_SIZE,
@@ -36,6 +36,8 @@ from delivery.broker import (
     confirming_producer,
     create_celery,
     embedded_broker_file,
+    failed_deliveries,
+    publish_job_body,
     publish_registration,
     queued_registrations,
 )
@@ -275,15 +277,44 @@ def jobs_batches(requests: Collection[Request], size: int) -> list[list[Request]
 def register_packages(requests: list[SimpleRequest]) -> bool:
     """Register a batch of accepted packages; jobs to try later are published again before it returns.
 
-    A message holds one job per argument: one, or the group the API's publisher sent together."""
-    batch = [RegistrationJob.from_json(job) for request in requests for job in request.args]
+    A message holds one job per argument: one, or the group the API's publisher sent together. A job this
+    worker cannot read (a body a newer API wrote, a corrupted one) is a failed delivery of its own; the
+    others go on."""
+    batch: list[RegistrationJob] = []
+    #: The failed deliveries each job had before this one (its message's count); the jobs failed here.
+    failed_before: dict[str, int] = {}
+    failures: list[tuple[registration.Failure, int]] = []
+    for request in requests:
+        before = failed_deliveries(request.request_dict)
+        for body in request.args:
+            try:
+                job = RegistrationJob.from_json(body)
+            except Exception as exc:
+                failures.append((registration.Failure(body, f"unreadable job: {exc!r}"[:500]), before))
+                continue
+            batch.append(job)
+            failed_before[job.registration_id] = max(before, failed_before.get(job.registration_id, 0))
     retries = max(int((request.request_dict or {}).get("retries") or 0) for request in requests)
     # A line about one job names that job alone: the lines about a batch of several name none.
     with logs.about_registrations(batch[0].registration_id) if len(batch) == 1 else nullcontext():
-        return _register_batch(batch, retries)
+        try:
+            done = _register_batch(batch, retries, failed_before) if batch else True
+        except Exception as exc:
+            # Neither a job's failure (narrowed down inside) nor a service away: the batch as a whole failed
+            # (the store refusing a command, say). Rejected, it would come back at once, for ever, a traceback
+            # each time: instead each of its jobs counts a failed delivery and is tried again later, alone.
+            reason = registration.failure_reason(exc)
+            logger.error("registration batch failed size=%s error=%s", len(batch), reason)
+            failures += [
+                (registration.Failure(job.to_json(), reason), failed_before[job.registration_id])
+                for job in batch
+            ]
+            done = True
+    _after_failures(failures)
+    return done
 
 
-def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
+def _register_batch(batch: list[RegistrationJob], retries: int, failed_before: dict[str, int]) -> bool:
     logger.info(
         "registration batch taken size=%s retries=%s pid=%s registration_ids=%s",
         len(batch),
@@ -293,7 +324,7 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
     )
     rt = runtime()
 
-    async def attempt() -> list[registration.Retry]:
+    async def attempt() -> registration.BatchOutcome:
         async with asyncio.timeout(BATCH_DEADLINE):
             return await registration.register_batch(
                 rt.maker,
@@ -305,8 +336,10 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
                 retries=retries,
             )
 
+    failed: list[registration.Failure] = []
     try:
-        later = run(attempt())
+        outcome = run(attempt())
+        later, failed = outcome.later, outcome.failed
     except TRANSIENT as exc:
         metrics.JOB_RETRIES.labels(REGISTER_TASK, "transient").inc(len(batch))
         logger.warning("registration batch will retry size=%s retries=%s error=%r", len(batch), retries, exc)
@@ -323,10 +356,79 @@ def _register_batch(batch: list[RegistrationJob], retries: int) -> bool:
     if later:
         with confirming_producer(app) as producer:
             for retry in later:
+                # A job that failed before keeps its count through a wait for the bank or a service.
                 publish_registration(
-                    app, retry.job, countdown=retry.delay, retries=retries + 1, producer=producer
+                    app,
+                    retry.job,
+                    countdown=retry.delay,
+                    retries=retries + 1,
+                    producer=producer,
+                    failed=failed_before.get(retry.job.registration_id, 0),
                 )
+    _after_failures([(f, failed_before.get(f.registration_id or "", 0)) for f in failed])
     return True
+
+
+def _after_failures(failed: list[tuple[registration.Failure, int]]) -> None:
+    """Each failed job (with its failed deliveries before this one) is tried again later, alone, after a
+    growing delay; or, at its `DEAD_LETTER_AFTER`th delivery or when it cannot succeed as it is, is
+    dead-lettered and its registration `failed`. One line each, without a traceback: the reason says it."""
+    letters: list[deadletters.Letter] = []
+    again: list[tuple[Any, float, int]] = []
+    limit = settings.DEAD_LETTER_AFTER
+    for failure, before in failed:
+        deliveries = before + 1
+        about = failure.registration_id
+        with logs.about_registrations(about) if about is not None else nullcontext():
+            if failure.final or deliveries >= limit:
+                logger.error(
+                    "registration job failed registration_id=%s delivery=%s of %s, dead-lettered reason=%s",
+                    failure.registration_id,
+                    deliveries,
+                    limit,
+                    failure.reason,
+                )
+                letters.append(deadletters.Letter(failure, deliveries))
+                continue
+            delay = deadletters.failure_delay(deliveries)
+            logger.warning(
+                "registration job failed registration_id=%s delivery=%s of %s, tried again in %.1f s"
+                " reason=%s",
+                failure.registration_id,
+                deliveries,
+                limit,
+                delay,
+                failure.reason,
+            )
+        again.append((failure.body, delay, deliveries))
+    if again:
+        metrics.JOB_RETRIES.labels(REGISTER_TASK, "failure").inc(len(again))
+        with confirming_producer(app) as producer:
+            for body, delay, deliveries in again:
+                publish_job_body(app, body, countdown=delay, producer=producer, failed=deliveries)
+    if not letters:
+        return
+    rt = runtime()
+    try:
+        run(deadletters.keep(rt.maker, letters))
+    except Exception as exc:
+        # Not kept (the database away): each is delivered once more, as its last delivery.
+        logger.warning("dead letters not kept, delivered again count=%s error=%r", len(letters), exc)
+        with confirming_producer(app) as producer:
+            for letter in letters:
+                publish_job_body(
+                    app,
+                    letter.failure.body,
+                    countdown=deadletters.failure_delay(letter.deliveries),
+                    producer=producer,
+                    failed=max(letter.deliveries, limit) - 1,
+                )
+        return
+    try:
+        run(deadletters.mark_failed(rt.store, letters))
+    except Exception as exc:
+        # Kept, their statuses still pending: the letters are what an operator sends back.
+        logger.warning("dead letters kept, their statuses not written count=%s error=%r", len(letters), exc)
 
 
 async def _answers(rt: Runtime) -> bool:

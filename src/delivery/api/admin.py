@@ -9,11 +9,11 @@ from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from delivery import service
+from delivery import deadletters, service
 from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
 from delivery.api.responses import ADMIN, CONFLICT, JOB_NOT_FOUND, PACKAGE_NOT_FOUND
 from delivery.api.routing import DecimalRoute
-from delivery.broker import PRICE_TASK, PUBLISH_TIMEOUT, confirming_producer
+from delivery.broker import PRICE_TASK, PUBLISH_TIMEOUT, confirming_producer, publish_job_body
 from delivery.errors import ServiceUnavailable
 from delivery.schemas import (
     MAX_RANGE_DAYS,
@@ -21,6 +21,9 @@ from delivery.schemas import (
     DailyCosts,
     DailyCostsRange,
     DailyTypeTotal,
+    DeadLetterRead,
+    DeadLetters,
+    DeadLettersRequeued,
     IsoDate,
     JobAccepted,
     JobState,
@@ -89,10 +92,10 @@ async def daily_costs(
     end: Annotated[IsoDate | None, Query(alias="to", include_in_schema=False)] = None,
 ) -> DailyCosts | DailyCostsRange:
     """The delivery costs calculated on a UTC day (`date`), or on every day from `from` to `to`, by type."""
-    # As documented (`additionalProperties: false`): a parameter of another name is refused, not ignored.
-    for name in request.query_params:
+    # The query's shapes admit no other name (`additionalProperties: false`): one is refused, not ignored.
+    for name, value in request.query_params.multi_items():
         if name not in ("date", "from", "to"):
-            raise _invalid(name, "unknown parameter: give date, or from and to", request.query_params[name])
+            raise _invalid(name, "unknown query parameter: give date, or from and to", value)
     if day is not None and start is None and end is None:
         return DailyCosts(date=day, totals=_totals(await service.daily_costs(db, day)))
     start, end = _range(day, start, end)
@@ -137,6 +140,39 @@ def _invalid(
 async def backlog(db: DbSession, resources: ResourcesDep) -> Backlog:
     """Packages without a cost, registrations still pending, and when a cost was last calculated."""
     return await service.backlog(db, resources.store)
+
+
+@router.get("/admin/dead-letters/")
+async def dead_letters(db: DbSession) -> DeadLetters:
+    """The registration jobs that could not succeed: how many, since when, and the oldest of them."""
+    summary = await deadletters.summary(db)
+    items = [DeadLetterRead.model_validate(letter) for letter in await deadletters.oldest(db)]
+    return DeadLetters(count=summary.count, oldest_at=summary.oldest_at, items=items)
+
+
+@router.post("/admin/dead-letters/requeue/", status_code=202)
+async def requeue_dead_letters(resources: ResourcesDep) -> DeadLettersRequeued:
+    """Send every dead letter back to the registration queue (after the cause was fixed)."""
+
+    celery = resources.celery
+
+    def send(body: Any) -> None:
+        with confirming_producer(celery) as producer:
+            publish_job_body(celery, body, producer=producer)
+
+    async def publish(body: Any) -> None:
+        # Bounded as the pricing job's publish is: a broker that blocks publishers is a 503, the letters
+        # not yet sent kept.
+        try:
+            with anyio.fail_after(2 * PUBLISH_TIMEOUT):
+                await anyio.to_thread.run_sync(send, body, abandon_on_cancel=True)
+        except (TimeoutError, OSError, kombu.exceptions.KombuError, amqp.exceptions.AMQPError) as exc:
+            raise ServiceUnavailable("broker") from exc
+
+    sent = await deadletters.requeue(
+        resources.maker, resources.store, publish, status_ttl=resources.settings.STATUS_TTL
+    )
+    return DeadLettersRequeued(requeued=sent)
 
 
 @router.post("/admin/jobs/price-packages/", status_code=202)

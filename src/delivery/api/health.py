@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from delivery import metrics, service
+from delivery import deadletters, metrics, service
 from delivery.api.deps import Resources, ResourcesDep
 from delivery.api.errors import RETRY_AFTER
+from delivery.db import utcnow
 
 router = APIRouter(tags=["operations"])
 
@@ -42,13 +43,23 @@ async def readyz(resources: ResourcesDep) -> Any:
 @router.get("/metrics", response_class=Response)
 async def prometheus_metrics(resources: ResourcesDep) -> Response:
     """Prometheus text format: requests, registrations, retries, the bank, the rate cache, the backlog."""
+    dead: deadletters.Summary | None = None
     try:
         async with resources.maker() as db:
             awaiting: int | None = await service.count_awaiting_cost(db)
+            dead = await deadletters.summary(db)
     except Exception:
         awaiting = None  # the database is down: /readyz says so; the other metrics still serve
-    body, content_type = metrics.render(awaiting)
+    body, content_type = metrics.render(awaiting, dead_letters=_dead_letters(dead))
     return Response(body, media_type=content_type)
+
+
+def _dead_letters(dead: deadletters.Summary | None) -> tuple[int, float] | None:
+    """The dead letters' count and the age of the oldest in seconds (0 with none)."""
+    if dead is None:
+        return None
+    age = 0.0 if dead.oldest_at is None else max((utcnow() - dead.oldest_at).total_seconds(), 0.0)
+    return dead.count, age
 
 
 async def _check(probe: Any) -> str:

@@ -2,7 +2,7 @@
 
 import { $ } from "../lib/dom.js";
 import { showBanner } from "../lib/banner.js";
-import { formatDateTime } from "../lib/format.js";
+import { formatAge, formatDateTime } from "../lib/format.js";
 import { adminApi, TokenRefused } from "./operator.js";
 
 const REFRESH_MS = 5000;
@@ -28,6 +28,7 @@ export async function loadBacklog() {
       run == null
         ? "ещё не было"
         : `${formatDateTime(run.finished_at)}: ${run.outcome === "ok" ? `рассчитано посылок: ${run.priced}` : "нет курса банка"}`;
+    $("backlog-dead").textContent = deadLetters(data.dead_letters, data.oldest_dead_letter_at);
     $("backlog-updated").textContent = `Обновлено в ${new Date().toLocaleTimeString("ru-RU")}`;
   } catch (error) {
     if (error instanceof TokenRefused) return;
@@ -38,8 +39,38 @@ export async function loadBacklog() {
   }
 }
 
+/** "нет", or how many and how long ago the oldest failed: "2, самое старое — 3 ч назад". */
+function deadLetters(count, oldestAt) {
+  if (!count) return "нет";
+  const since = oldestAt == null ? NaN : (Date.now() - new Date(oldestAt).getTime()) / 1000;
+  if (Number.isNaN(since)) return String(count);
+  return `${count}, самое старое — ${formatAge(Math.max(since, 0))} назад`;
+}
+
+async function requeueDeadLetters() {
+  const status = $("dead-status");
+  const button = $("dead-requeue");
+  button.disabled = true;
+  status.textContent = "Отправляются…";
+  try {
+    const result = await adminApi("POST", "/admin/dead-letters/requeue/");
+    status.textContent =
+      result.status === 202 && result.data
+        ? `Отправлено снова: ${result.data.requeued}.`
+        : `Не отправлены (ответ ${result.status}).`;
+    await loadBacklog();
+  } catch (error) {
+    if (error instanceof TokenRefused) return;
+    showBanner(error);
+    status.textContent = "Не отправлены: нет ответа сервера.";
+  } finally {
+    button.disabled = false;
+  }
+}
+
 export function startBacklog() {
   $("backlog-refresh").addEventListener("click", loadBacklog);
+  $("dead-requeue").onclick = requeueDeadLetters; // a property: a second start does not add a second handler
   stopBacklog();
   loadBacklog();
   timer = setInterval(() => {

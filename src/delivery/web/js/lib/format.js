@@ -21,6 +21,15 @@ export function formatDateTime(iso) {
   return date.toLocaleString("ru-RU", { dateStyle: "medium", timeStyle: "short" });
 }
 
+/** A duration in whole units, the largest that fits: "меньше минуты", "5 мин", "2 ч", "3 дня". */
+export function formatAge(seconds) {
+  if (!(seconds >= 60)) return "меньше минуты";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} мин`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} ч`;
+  const days = Math.floor(seconds / 86400);
+  return `${days} ${plural(days, "день", "дня", "дней")}`;
+}
+
 /** "2025-06-26" -> "26.06.2025": string work, so no time zone can move the day. */
 export function formatDay(iso) {
   const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(iso);
