@@ -300,6 +300,24 @@ async def test_worker_stopped_with_sigterm_mid_burst_loses_nothing(
     assert all(len(packages) == 1 for packages in rows.values())
 
 
+def test_an_exception_in_a_finaliser_is_a_json_line_too() -> None:
+    """Python reports an exception it cannot raise (a finaliser's, as a Celery result's during a Redis
+    restart) past logging: with LOG_FORMAT=json it must still be one JSON object per line."""
+    script = (
+        "from delivery.logs import configure_logging; configure_logging()\n"
+        "class Finalised:\n"
+        "    def __del__(self):\n"
+        "        raise ConnectionError('the store went away')\n"
+        "Finalised()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"} | {"LOG_FORMAT": "json"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    (record,) = lines
+    assert record["level"] == "WARNING"
+    assert "ConnectionError: the store went away" in record["exc_info"]
+
+
 def test_log_level_debug_echoes_sql_and_info_does_not(tmp_path: Path) -> None:
     script = (
         "import logging; from delivery.logs import configure_logging; configure_logging();"

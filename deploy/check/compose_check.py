@@ -492,10 +492,6 @@ class Check:
 
 
 NOT_JSON: dict[str, list[str]] = {}
-#: Reports of Python's unraisable-exception hook (an exception in a finaliser, written to stderr past the
-#: logging configuration): counted and shown, not failed on. Beat writes one when Celery's result object is
-#: collected while Redis restarts; routing sys.unraisablehook to logging would make it a JSON line.
-UNRAISABLE: Counter[str] = Counter()
 
 
 def logs_by_container(project: Project, service: str) -> dict[str, list[dict[str, Any]]]:
@@ -504,17 +500,8 @@ def logs_by_container(project: Project, service: str) -> dict[str, list[dict[str
     for container in project.containers(service):
         out = subprocess.run([DOCKER, "logs", container["Id"]], capture_output=True, text=True, check=True)
         records = []
-        in_unraisable = False
         for line in (out.stdout + out.stderr).splitlines():
             if not line.strip():
-                continue
-            if line.startswith("Exception ignored in"):
-                in_unraisable = True
-                UNRAISABLE[service] += 1
-                continue
-            if in_unraisable:
-                # The report's traceback: indented lines, then the exception's own line ends it.
-                in_unraisable = line.startswith((" ", "Traceback"))
                 continue
             try:
                 record = json.loads(line)
@@ -839,8 +826,6 @@ def main() -> int:
                 cleanup(project)
             return 1
         cleanup(project)
-    if UNRAISABLE:
-        report.note("unraisable-exception reports (not JSON)", str(dict(UNRAISABLE)))
     figures = "; ".join(f"{key} {value}" for key, value in report.figures.items())
     print(f"compose-check passed: {figures}; images: {sizes}; {time.monotonic() - began:.0f} s in all")
     return 0

@@ -8,6 +8,7 @@ registration id of the job, it was logged under.
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,7 +101,19 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     handler.addFilter(ContextFilter())
     handler.setFormatter(formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    sys.unraisablehook = _log_unraisable
     # SQL echo only when asked for with LOG_LEVEL=DEBUG.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
     for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _log_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
+    """An exception Python cannot raise (one in a finaliser, say) is a record like any other, in the
+    configured format, rather than a traceback written to stderr past logging."""
+    exc_info = None
+    if unraisable.exc_value is not None:
+        exc_info = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    logging.getLogger("delivery.unraisable").warning(
+        "%s: %r", unraisable.err_msg or "Exception ignored in", unraisable.object, exc_info=exc_info
+    )
