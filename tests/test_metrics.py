@@ -52,6 +52,17 @@ async def test_requests_are_counted_by_route_template_and_status(customer: httpx
     assert samples[latency] >= 1
 
 
+async def test_requests_are_counted_by_the_host_that_answered(customer: httpx.AsyncClient) -> None:
+    """Containers that share one metrics directory each serve the same sums; this count tells their shares
+    apart."""
+    key = ("delivery_http_requests_by_host_total", (("host", socket.gethostname().replace("_", "-")),))
+    before = _samples((await customer.get("/metrics")).text).get(key, 0.0)
+    for _ in range(3):
+        await customer.get("/types/")
+    after = _samples((await customer.get("/metrics")).text)[key]
+    assert after - before >= 4  # the three, and the first scrape
+
+
 async def test_packages_awaiting_a_cost_are_counted_at_scrape_time(
     customer: httpx.AsyncClient, maker: Maker
 ) -> None:

@@ -748,6 +748,15 @@ async def main_check(project: Project, report: Report) -> None:
     async with httpx.AsyncClient(base_url=BASE_URL, timeout=30) as client:
         metrics = (await client.get("/metrics")).text
     expect(accepted_total(metrics) >= 1000, f"/metrics counts {accepted_total(metrics)} accepted")
+    # The containers share one metrics directory, so each one's /metrics shows the same sums: their shares
+    # are the requests counted by the host (container) that answered them.
+    by_host = {
+        line.split('host="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("delivery_http_requests_by_host_total{")
+    }
+    expect(len(by_host) >= 2 and all(v > 0 for v in by_host.values()), f"/metrics by host: {by_host}")
+    report.note("requests by api host in /metrics", ", ".join(f"{v:.0f}" for v in sorted(by_host.values())))
 
     # Mid-burst faults.
     # Mid-burst faults, each in a burst paced to last about FAULT_BURST / FAULT_PACE seconds. A container

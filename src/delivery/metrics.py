@@ -56,6 +56,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 HTTP_REQUESTS = Counter(
     "delivery_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
 )
+#: This host's (container's) share of the requests: with several API containers writing into one metrics
+#: directory, every container's /metrics shows the same sums, and this is what tells them apart.
+HOST_REQUESTS = Counter(
+    "delivery_http_requests_by_host_total", "HTTP requests answered, by the API host that answered", ["host"]
+).labels(_HOST)
 HTTP_LATENCY = Histogram(
     "delivery_http_request_duration_seconds",
     "HTTP request latency",

@@ -50,6 +50,7 @@ class RequestIdMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
+            metrics.HOST_REQUESTS.inc()
             metrics.HTTP_LATENCY.labels(scope["method"], template).observe(elapsed)
             logger.info(
                 "%s %s status=%s duration_ms=%.1f",
