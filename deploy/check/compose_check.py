@@ -755,8 +755,10 @@ async def main_check(project: Project, report: Report) -> None:
         for line in metrics.splitlines()
         if line.startswith("delivery_http_requests_by_host_total{")
     }
-    expect(len(by_host) >= 2 and all(v > 0 for v in by_host.values()), f"/metrics by host: {by_host}")
-    report.note("requests by api host in /metrics", ", ".join(f"{v:.0f}" for v in sorted(by_host.values())))
+    # (The worker and beat containers show 0: they answer no HTTP request.)
+    serving = sorted(v for v in by_host.values() if v > 0)
+    expect(len(serving) == 2, f"/metrics by host: {by_host}")
+    report.note("requests by api host in /metrics", ", ".join(f"{v:.0f}" for v in serving))
 
     # Mid-burst faults.
     # Mid-burst faults, each in a burst paced to last about FAULT_BURST / FAULT_PACE seconds. A container
