@@ -34,7 +34,7 @@ def _conf(path: str) -> dict[str, str]:
 def test_the_profile_runs_three_nodes_and_the_service_on_them() -> None:
     services = _services()
     profiled = {name for name, service in services.items() if service.get("profiles") == ["cluster"]}
-    assert profiled == set(NODES) | set(APP)
+    assert profiled == set(NODES) | set(APP) | {"proxy-cluster"}
 
 
 def test_the_nodes_discover_each_other_from_one_list_and_share_a_cookie() -> None:
@@ -84,4 +84,13 @@ def test_the_service_uses_every_node_with_quorum_queues() -> None:
             assert service["depends_on"][node]["condition"] == "service_healthy"
         assert "rabbitmq" not in service["depends_on"]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert services["api-cluster"]["ports"] != services["proxy"]["ports"]  # both published, apart
+    # The cluster API is reached through a proxy of its own, as the main one is, on a port apart.
+    assert "ports" not in services["api-cluster"]
+    proxy = services["proxy-cluster"]
+    assert proxy["ports"] != services["proxy"]["ports"]
+    assert proxy["depends_on"]["api-cluster"]["condition"] == "service_healthy"
+    assert set(services["api-cluster"]["networks"]) == {"default", "edge"}
+    assert (
+        services["api-cluster"]["environment"]["FORWARDED_ALLOW_IPS"]
+        == services["api"]["environment"]["FORWARDED_ALLOW_IPS"]
+    )

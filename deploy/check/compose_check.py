@@ -43,11 +43,11 @@ COMPOSE = "/usr/bin/docker-compose"
 PROJECT = os.environ.get("PROJECT", "deliverycheck")
 PORT = int(os.environ.get("PORT", "18000"))
 BASE_URL = f"http://127.0.0.1:{PORT}"
-#: The cluster profile's API, published directly (DELIVERY_CLUSTER_PORT).
+#: The cluster profile's API, behind its own proxy (DELIVERY_CLUSTER_PORT).
 CLUSTER_PORT = PORT + 1
 CLUSTER_URL = f"http://127.0.0.1:{CLUSTER_PORT}"
 CLUSTER_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
-CLUSTER_APP = ("api-cluster", "worker-cluster", "beat-cluster")
+CLUSTER_APP = ("api-cluster", "worker-cluster", "beat-cluster", "proxy-cluster")
 #: Where the bursts and their verification go: the proxy, or the cluster profile's API.
 ENDPOINT = {"url": BASE_URL}
 #: How long a node stays cut off from the other two.
@@ -628,7 +628,9 @@ async def check_cluster(check: Check, project: Project, report: Report) -> None:
     started = time.monotonic()
     project.compose("up", "-d", "--no-build", *CLUSTER_APP)
     # The nodes start one after the other (the first alone, then the two that join it): longer than `up`.
-    healthy = wait_healthy(project, {*CLUSTER_NODES, "api-cluster", "worker-cluster"}, started, within=300)
+    healthy = wait_healthy(
+        project, {*CLUSTER_NODES, "api-cluster", "worker-cluster", "proxy-cluster"}, started, within=300
+    )
     cluster_whole(project)
     ENDPOINT["url"] = CLUSTER_URL
     leader = queue_leader(project, CLUSTER_NODES[0])
