@@ -63,6 +63,16 @@ async def test_requests_are_counted_by_the_host_that_answered(customer: httpx.As
     assert after - before >= 4  # the three, and the first scrape
 
 
+async def test_every_rate_limit_rule_is_exported_before_it_refuses_anything(
+    customer: httpx.AsyncClient,
+) -> None:
+    """A rule that refused nothing yet shows 0, so a dashboard of its refusals has data from the start."""
+    samples = _samples((await customer.get("/metrics")).text)
+    for rule in ("registrations", "reads", "sessions"):
+        for name in ("delivery_rate_limited_total", "delivery_rate_limit_unchecked_total"):
+            assert (name, (("rule", rule),)) in samples, (name, rule)
+
+
 async def test_packages_awaiting_a_cost_are_counted_at_scrape_time(
     customer: httpx.AsyncClient, maker: Maker
 ) -> None:

@@ -137,6 +137,10 @@ class Limiter:
     def __init__(self, storage: "CounterStorage", rules: Mapping[str, Rule]) -> None:
         self.storage = storage
         self.rules = dict(rules)
+        # Each rule's counts exported from the start, at 0: a dashboard shows none refused, not no data.
+        for name in self.rules:
+            metrics.RATE_LIMITED.labels(name)
+            metrics.RATE_LIMIT_UNCHECKED.labels(name)
         #: Until when (the monotonic clock) the store is left alone after a failure.
         self._paused_until = -math.inf
 
