@@ -131,7 +131,7 @@ class TestTheRace:
             claim=claim,
         )
         assert await store.withdraw(
-            status_key(job_id), fate=fate_key(job_id), ttl=60, index=PENDING_INDEX, member=job_id, claim=claim
+            status_key(job_id), "{}", fate=fate, ttl=60, index=PENDING_INDEX, member=job_id, claim=claim
         )
         assert await store.take([fate_key(job_id)], ttl=TAKEN_TTL) == [False]
         # Nothing of it is left to answer or to recover: no status, no claim, out of the index.
@@ -152,7 +152,7 @@ class TestTheRace:
         )
         assert await store.take([fate_key(job_id)], ttl=TAKEN_TTL) == [True]
         assert not await store.withdraw(
-            status_key(job_id), fate=fate_key(job_id), ttl=60, index=PENDING_INDEX, member=job_id
+            status_key(job_id), "{}", fate=fate_key(job_id), ttl=60, index=PENDING_INDEX, member=job_id
         )
         assert await store.get(status_key(job_id)) == "{}"
         # Taken again (a redelivered job): still its own.
@@ -163,8 +163,18 @@ class TestTheRace:
         job_id = str(uuid.uuid4())
         args = {"ttl": 60, "index": PENDING_INDEX, "member": job_id, "fate": fate_key(job_id)}
         await store.put_pending(status_key(job_id), "{}", score=1, **args)  # type: ignore[arg-type]
-        assert await store.withdraw(status_key(job_id), **args)  # type: ignore[arg-type]
+        assert await store.withdraw(status_key(job_id), "{}", **args)  # type: ignore[arg-type]
         await store.put_pending(status_key(job_id), "{}", score=2, **args)  # type: ignore[arg-type]
+        assert await store.take([fate_key(job_id)], ttl=TAKEN_TTL) == [True]
+
+    async def test_a_late_withdrawal_leaves_a_later_attempt_alone(self, store: Store) -> None:
+        """An attempt's withdrawal, retried in the background, lands after the client's retry with the same
+        Idempotency-Key stored the registration again: the retry's registration must stay."""
+        job_id = str(uuid.uuid4())
+        args = {"ttl": 60, "index": PENDING_INDEX, "member": job_id, "fate": fate_key(job_id)}
+        await store.put_pending(status_key(job_id), "retry", score=2, **args)  # type: ignore[arg-type]
+        assert not await store.withdraw(status_key(job_id), "first", **args)  # type: ignore[arg-type]
+        assert await store.get(status_key(job_id)) == "retry"
         assert await store.take([fate_key(job_id)], ttl=TAKEN_TTL) == [True]
 
 

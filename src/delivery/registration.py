@@ -215,13 +215,17 @@ class _Attempt:
     job: RegistrationJob
     claim: str | None
 
+    def pending_record(self) -> str:
+        """The status this attempt stores: its withdrawal undoes this one, never a later attempt's."""
+        return StatusRecord(self.job.session_id, "pending", job=self.job.to_json()).dumps()
+
     async def store_pending(self, status_ttl: int) -> tuple[uuid.UUID, StatusRecord] | None:
         """Store the pending status (None), or find the registration the claim holds (its id and record)."""
         registration_id = self.job.registration_id
         try:
             held = await self.store.put_pending(
                 status_key(registration_id),
-                StatusRecord(self.job.session_id, "pending", job=self.job.to_json()).dumps(),
+                self.pending_record(),
                 ttl=status_ttl,
                 index=PENDING_INDEX,
                 member=registration_id,
@@ -278,6 +282,7 @@ class _Attempt:
         try:
             withdrawn = await self.store.withdraw(
                 status_key(registration_id),
+                self.pending_record(),
                 fate=fate_key(registration_id),
                 ttl=status_ttl,
                 index=PENDING_INDEX,

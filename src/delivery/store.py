@@ -142,11 +142,20 @@ class Store(KeyValue, Protocol):
         ...
 
     async def withdraw(
-        self, key: str, *, fate: str, ttl: float, index: str, member: str, claim: str | None = None
+        self,
+        key: str,
+        value: str,
+        *,
+        fate: str,
+        ttl: float,
+        index: str,
+        member: str,
+        claim: str | None = None,
     ) -> bool:
-        """Undo `put_pending` for good, unless `fate` says the registration was taken: mark `fate`
-        withdrawn for `ttl`, delete `key`, take `member` out of `index` and release `claim` if it names
-        `key`. False (and nothing changed) when it was taken."""
+        """Undo `put_pending` of `value` for good, unless `fate` says the registration was taken or `key`
+        holds another value (a later attempt's, or an outcome): mark `fate` withdrawn for `ttl`, delete `key`,
+        take `member` out of `index` and release `claim` if it names `key`. False (and nothing changed)
+        otherwise."""
         ...
 
     async def take(self, fates: Sequence[str], *, ttl: float) -> list[bool]:
@@ -187,9 +196,11 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 return false
 """
 
-# KEYS: key, index, fate[, claim]; ARGV: member, ttl ms.
+# KEYS: key, index, fate[, claim]; ARGV: member, ttl ms, value.
 _WITHDRAW = """
 if redis.call('GET', KEYS[3]) == 'taken' then return 0 end
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[3], 'withdrawn', 'PX', ARGV[2])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -318,11 +329,19 @@ class RedisStore:
         return None if not held else (str(held[0]), str(held[1]))
 
     async def withdraw(
-        self, key: str, *, fate: str, ttl: float, index: str, member: str, claim: str | None = None
+        self,
+        key: str,
+        value: str,
+        *,
+        fate: str,
+        ttl: float,
+        index: str,
+        member: str,
+        claim: str | None = None,
     ) -> bool:
         keys = [key, index, fate] if claim is None else [key, index, fate, claim]
         async with _unavailable_on_error():
-            return bool(await self._withdraw(keys=keys, args=[member, _ms(ttl)]))
+            return bool(await self._withdraw(keys=keys, args=[member, _ms(ttl), value]))
 
     async def take(self, fates: Sequence[str], *, ttl: float) -> list[bool]:
         if not fates:
@@ -455,13 +474,25 @@ class EmbeddedStore:
             return None
 
     async def withdraw(
-        self, key: str, *, fate: str, ttl: float, index: str, member: str, claim: str | None = None
+        self,
+        key: str,
+        value: str,
+        *,
+        fate: str,
+        ttl: float,
+        index: str,
+        member: str,
+        claim: str | None = None,
     ) -> bool:
-        return await self._run(self._withdraw, key, fate, ttl, index, member, claim)
+        return await self._run(self._withdraw, key, value, fate, ttl, index, member, claim)
 
-    def _withdraw(self, key: str, fate: str, ttl: float, index: str, member: str, claim: str | None) -> bool:
+    def _withdraw(
+        self, key: str, value: str, fate: str, ttl: float, index: str, member: str, claim: str | None
+    ) -> bool:
         with self._cache.transact():
             if self._cache.get(fate) == TAKEN:
+                return False
+            if (current := self._cache.get(key)) is not None and current != value:
                 return False
             self._cache.set(fate, WITHDRAWN, expire=ttl)
             self._cache.delete(key)
