@@ -286,8 +286,11 @@ class EmbeddedStorage(Storage):
         return int(await asyncio.to_thread(self._cache.get, self.PREFIX + key, 0))
 
     async def get_expiry(self, key: str) -> float:
-        _, expire_time = await asyncio.to_thread(self._cache.get, self.PREFIX + key, expire_time=True)
-        return float(expire_time) if expire_time is not None else time.time()
+        # diskcache answers (value, the epoch second it expires at, or None).
+        found: tuple[object, float | None] = await asyncio.to_thread(
+            self._cache.get, self.PREFIX + key, expire_time=True
+        )
+        return time.time() if found[1] is None else found[1]
 
     async def check(self) -> bool:
         try:
