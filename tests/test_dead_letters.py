@@ -2,8 +2,11 @@
 the rest of its batch registered; operators see the dead letters and send them back after a fix."""
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -294,6 +297,71 @@ async def test_a_batch_that_fails_as_a_whole_is_not_taken_again_at_once(
     statuses = [await wait_done(customer, f"/packages/status/{b['registration_id']}/") for b in bodies]
     assert [s["state"] for s in statuses] == ["registered"] * 3, statuses
     assert len(await packages_by_registration(maker)) == 3
+
+
+#: A trigger that stalls the insert of a package named `POISON`: a batch holding it is still running when the
+#: test kills its pool process.
+STALLING_TRIGGER = f"""CREATE TRIGGER stall_poison BEFORE INSERT ON packages FOR EACH ROW
+BEGIN
+  IF NEW.name = '{POISON}' THEN DO SLEEP(5); END IF;
+END"""
+
+
+def _taken(log: str, registration_id: str) -> list[str]:
+    return [line for line in log.splitlines() if "batch taken" in line and registration_id in line]
+
+
+@pytest.mark.parametrize("stack", ["real"], indirect=True)  # the stall is MariaDB's SLEEP in a trigger
+async def test_a_job_whose_process_is_killed_each_time_is_dead_lettered_not_taken_again_at_once(
+    customer: httpx.AsyncClient, stack: Stack, own_worker: WorkerProcess, maker: Maker
+) -> None:
+    """The pool process running a batch is killed (SIGKILL, as the kernel's OOM killer does) whenever the
+    batch holds one job: each job comes back alone after a growing delay, the other three register, and the
+    one that kills its process is dead-lettered `failed` after its `LIMIT` deliveries, naming the loss,
+    instead of coming back at once for ever with its batch."""
+    async with maker() as db, db.begin():
+        await db.execute(text("DROP TRIGGER IF EXISTS stall_poison"))
+        await db.execute(text(STALLING_TRIGGER))
+    try:
+        session_id = await open_session(customer)
+        bodies = await _pending_jobs(stack, session_id, 4)
+        bodies[0] = bodies[0] | {"name": POISON}
+        failing = bodies[0]["registration_id"]
+        await _send(stack, bodies)
+        kills = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while len(await _letters(maker)) == 0:
+            assert loop.time() < deadline, f"not dead-lettered after {kills} kills"
+            if len(_taken(own_worker.log(), failing)) > kills:
+                await asyncio.sleep(0.3)  # inside the stalled insert
+                for pid in own_worker.pool_pids():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                kills += 1
+            await asyncio.sleep(0.05)
+        others = [await wait_done(customer, f"/packages/status/{b['registration_id']}/") for b in bodies[1:]]
+        status = await wait_done(customer, f"/packages/status/{failing}/")
+    finally:
+        async with maker() as db, db.begin():
+            await db.execute(text("DROP TRIGGER IF EXISTS stall_poison"))
+    assert [s["state"] for s in others] == ["registered"] * 3, others
+    assert status["state"] == "failed" and "worker process running it was lost" in status["error_message"], (
+        status
+    )
+    assert len(await packages_by_registration(maker)) == 3
+    (letter,) = await _letters(maker)
+    assert (letter.registration_id, letter.deliveries) == (failing, LIMIT)
+    assert "WorkerLostError" in letter.reason, letter.reason
+
+    await asyncio.sleep(1.0)  # a further delivery, had one been sent, would have come by now
+    log = own_worker.log()
+    taken = _taken(log, failing)
+    assert kills == len(taken) == LIMIT, (kills, taken)
+    gaps = [(_at(b) - _at(a)).total_seconds() for a, b in itertools.pairwise(taken)]
+    assert all(gap >= 1.0 * 2**i for i, gap in enumerate(gaps)), gaps
+    lines = _failure_lines(log, failing)
+    assert len(lines) == LIMIT and "dead-lettered" in lines[-1], lines
 
 
 async def test_a_dead_letter_sent_back_registers_once_fixed(

@@ -244,9 +244,21 @@ async def test_a_batch_holds_at_most_batch_size_jobs_and_a_job_line_names_its_jo
 def test_batches_are_cut_by_their_jobs(jobs: list[int], batches: list[list[int]]) -> None:
     """The worker's messages (here by how many jobs each holds) cut into batches of at most 100 jobs, in
     order."""
-    messages = [SimpleNamespace(args=[{}] * count) for count in jobs]
+    messages = [SimpleNamespace(args=[{}] * count, request_dict={}) for count in jobs]
     cut = jobs_batches(messages, 100)  # type: ignore[arg-type]
     assert [[len(message.args) for message in batch] for batch in cut] == batches
+
+
+def test_a_job_that_failed_before_is_a_batch_of_its_own() -> None:
+    """Jobs tried again after a failure (one that may have killed its pool process) each run alone; the
+    others are batched as ever."""
+    failed = [0, 1, 0, 0, 2, 1, 0]
+    messages = [
+        SimpleNamespace(args=[{"n": n}], request_dict={"failed_deliveries": count} if count else {})
+        for n, count in enumerate(failed)
+    ]
+    cut = jobs_batches(messages, 100)  # type: ignore[arg-type]
+    assert [[message.args[0]["n"] for message in batch] for batch in cut] == [[0], [1], [2, 3], [4], [5], [6]]
 
 
 async def test_api_finishes_an_in_flight_request_on_sigterm(api: ApiProcess) -> None:

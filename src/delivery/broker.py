@@ -267,6 +267,9 @@ def publish_registration(
 
 #: The message header that counts the failed deliveries of the job a message holds (absent: none).
 FAILED_DELIVERIES = "failed_deliveries"
+#: The message header with the reason of a job's last failed delivery, where the worker process running it
+#: was lost (and with it the job's own account of the failure).
+LAST_FAILURE = "last_failure"
 
 
 def failed_deliveries(headers: dict[str, Any] | None) -> int:
@@ -283,13 +286,22 @@ def publish_job_body(
     retries: int = 0,
     producer: Producer | None = None,
     failed: int = 0,
+    last_failure: str | None = None,
 ) -> None:
     """Publish one registration job as its body stands (one this worker could not read, or a dead letter
-    sent back, is published unchanged), with the count of its failed deliveries so far; through `producer`
-    as `publish_registration`."""
+    sent back, is published unchanged), with the count of its failed deliveries so far and the reason of the
+    last one where the job cannot tell it itself; through `producer` as `publish_registration`."""
     if producer is None:
         with app.producer_or_acquire() as pooled:
-            publish_job_body(app, body, countdown=countdown, retries=retries, producer=pooled, failed=failed)
+            publish_job_body(
+                app,
+                body,
+                countdown=countdown,
+                retries=retries,
+                producer=pooled,
+                failed=failed,
+                last_failure=last_failure,
+            )
         return
     registration_id = body.get("registration_id") if isinstance(body, dict) else None
     task_id = registration_id if isinstance(registration_id, str) and registration_id else str(uuid.uuid4())
@@ -299,6 +311,8 @@ def publish_job_body(
     )
     if failed:
         message.headers[FAILED_DELIVERIES] = failed
+    if last_failure:
+        message.headers[LAST_FAILURE] = last_failure
     route = app.amqp.router.route({}, REGISTER_TASK, args, {})
     if countdown and _quorum(route["queue"]):
         # A worker would hold a job whose time has not come in memory, unacknowledged, where a quorum

@@ -29,6 +29,7 @@ from delivery import deadletters, jobs, logs, maintenance, metrics, registration
 from delivery.broker import (
     BATCH_INTERVAL,
     BATCH_SIZE,
+    LAST_FAILURE,
     MAINTAIN_TASK,
     PRICE_TASK,
     RECOVER_TASK,
@@ -207,10 +208,10 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
     A batch is made only when a pool process is free to take it: what arrives meanwhile stays buffered and
     joins the next batch, so a busy worker writes fewer, larger batches instead of queueing many small ones
     behind each other (latency that grows with the load). And its messages are acknowledged only when its
-    body returned True: packages committed, outcomes recorded, retries published. After anything else (an
-    error that escaped, a pool process lost, the hard time limit) they go back to the queue: the packages'
-    unique registration ids make a second run of a committed batch create nothing.
-    """
+    body returned True: packages committed, outcomes recorded, retries published. After an error that
+    escaped they go back to the queue: the packages' unique registration ids make a second run of a
+    committed batch create nothing. After its pool process was lost, each job is tried again later, alone
+    (`_lost`), so that a job that kills its process is not a hot loop."""
 
     _in_flight = 0
 
@@ -238,10 +239,9 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
                 else:
                     request.reject(requeue=True)
 
-        def on_error(_: object) -> None:
+        def on_error(error: object) -> None:
             self._in_flight -= 1
-            for request in requests:
-                request.reject(requeue=True)
+            _lost(requests, error)
 
         return self._pool.apply_async(
             apply_batches_task,
@@ -252,18 +252,60 @@ class RegistrationBatches(Batches):  # type: ignore[misc]
         )
 
 
+def _lost(requests: list[Request], error: object) -> None:
+    """The pool process running a batch was lost (killed for its memory, or past the hard time limit), and
+    with it any account of which job was the cause: each job counts a failed delivery and comes back alone
+    after a growing delay, as a job that failed. At its `DEAD_LETTER_AFTER`th it comes back at once, with
+    the reason, to be dead-lettered without being run again. The messages are acknowledged once their jobs
+    are published again; when they cannot be, they go back to the queue as they are."""
+    # billiard hands over an ExceptionInfo, which may wrap the exception once more.
+    cause = getattr(error, "exception", error)
+    cause = getattr(cause, "exc", cause)
+    reason = f"the worker process running it was lost: {cause!r}"[:500]
+    limit = settings.DEAD_LETTER_AFTER
+    try:
+        with confirming_producer(app) as producer:
+            for request in requests:
+                deliveries = failed_deliveries(request.request_dict) + 1
+                for body in request.args:
+                    if deliveries >= limit:
+                        publish_job_body(app, body, producer=producer, failed=deliveries, last_failure=reason)
+                        continue
+                    delay = deadletters.failure_delay(deliveries)
+                    logger.warning(
+                        "registration job failed registration_id=%s delivery=%s of %s, tried again in %.1f s"
+                        " reason=%s",
+                        registration.Failure(body, reason).registration_id,
+                        deliveries,
+                        limit,
+                        delay,
+                        reason,
+                    )
+                    publish_job_body(app, body, countdown=delay, producer=producer, failed=deliveries)
+    except Exception as exc:
+        logger.error("jobs of a lost batch not published again, back to the queue error=%r", exc)
+        for request in requests:
+            request.reject(requeue=True)
+        return
+    metrics.JOB_RETRIES.labels(REGISTER_TASK, "failure").inc(sum(len(request.args) for request in requests))
+    for request in requests:
+        request.acknowledge()
+
+
 def jobs_batches(requests: Collection[Request], size: int) -> list[list[Request]]:
     """The requests in order, cut into batches of at most `size` jobs each (a request holds one job per
-    argument); a request with more jobs than that is a batch of its own."""
+    argument); a request with more jobs than that is a batch of its own, and so is a job that failed before:
+    should it kill its pool process again, it takes no other job with it."""
     batches: list[list[Request]] = []
     jobs = 0
     for request in requests:
         count = len(request.args)
-        if not batches or jobs + count > size:
+        alone = failed_deliveries(request.request_dict) > 0
+        if alone or not batches or jobs + count > size:
             batches.append([])
             jobs = 0
         batches[-1].append(request)
-        jobs += count
+        jobs = size if alone else jobs + count
     return batches
 
 
@@ -286,7 +328,12 @@ def register_packages(requests: list[SimpleRequest]) -> bool:
     failures: list[tuple[registration.Failure, int]] = []
     for request in requests:
         before = failed_deliveries(request.request_dict)
+        lost = (request.request_dict or {}).get(LAST_FAILURE)
         for body in request.args:
+            if isinstance(lost, str) and before >= settings.DEAD_LETTER_AFTER:
+                # Its worker process was lost at every delivery it had: it is not run again.
+                failures.append((registration.Failure(body, lost), before - 1))
+                continue
             try:
                 job = RegistrationJob.from_json(body)
             except Exception as exc:
