@@ -3,13 +3,15 @@
 Each fault is the server's own behaviour, reached as it is reached in production: `maxmemory` below what
 it holds (with `noeviction`), a save that fails (its folder gone, with `stop-writes-on-bgsave-error`), a
 failover that leaves it a replica, a replica whose master is gone (`replica-serve-stale-data no`), fewer
-replicas than `min-replicas-to-write`, and a restart that reads its AOF back. The machine's Redis (6379)
+replicas than `min-replicas-to-write`, a script that runs past `busy-reply-threshold`, and a restart that
+reads its AOF back. The machine's Redis (6379)
 is never touched.
 """
 
 import contextlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,7 @@ class RedisServer:
         self.appendonly = appendonly
         self._config: tuple[str, ...] = ()
         self._service: Service | None = None
+        self._script: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -80,6 +83,32 @@ class RedisServer:
 
     def log(self) -> str:
         return self._service.log() if self._service is not None else ""
+
+    # --- BUSY: a script past its time limit holds the server; SCRIPT KILL ends it ---
+
+    def busy(self) -> None:
+        self.command("CONFIG", "SET", "busy-reply-threshold", "50")
+
+        def run_forever() -> None:
+            with redis.Redis(host=HOST, port=self.port) as client, contextlib.suppress(redis.ResponseError):
+                client.eval("while true do end", 0)  # until SCRIPT KILL
+
+        self._script = threading.Thread(target=run_forever, daemon=True)
+        self._script.start()
+        self._wait(self._refuses_busy, "the server to answer BUSY")
+
+    def _refuses_busy(self) -> bool:
+        try:
+            self.command("PING")
+        except redis.ResponseError as exc:
+            return str(exc).startswith("BUSY")
+        return False
+
+    def not_busy(self) -> None:
+        self.command("SCRIPT", "KILL")
+        assert self._script is not None
+        self._script.join(timeout=SETTLE_TIMEOUT)
+        self._script = None
 
     # --- OOM: maxmemory below what it holds, nothing it may evict ---
 

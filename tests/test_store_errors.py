@@ -1,5 +1,6 @@
 """A Redis that is up and answers errors: out of memory, unable to persist, a replica after a failover, a
-restart still loading its AOF, a replica whose master is gone, a master short of replicas. Each is made real
+restart still loading its AOF, a replica whose master is gone, a master short of replicas, a server held by
+a script. Each is made real
 on a redis-server of the test's own (never the machine's).
 
 What a client relies on: every route that needs the store answers 503 with Retry-After while the store
@@ -64,6 +65,7 @@ FAULTS = {
         Fault("loading", refuses_reads=True, refuses_ping=True),
         Fault("masterdown", refuses_reads=True, refuses_ping=True),
         Fault("noreplicas", refuses_reads=False, refuses_ping=False),
+        Fault("busy", refuses_reads=True, refuses_ping=True),
     )
 }
 
@@ -97,6 +99,8 @@ class FaultyRedis:
                 self.server.master_lost()
             case "noreplicas":
                 self.server.replicas_missing()
+            case "busy":
+                self.server.busy()
 
     def end(self) -> None:
         match self.fault.name:
@@ -108,6 +112,8 @@ class FaultyRedis:
                 self.server.promoted()
             case "noreplicas":
                 self.server.replicas_back()
+            case "busy":
+                self.server.not_busy()
             case "loading":
                 took = self.server.wait_loaded()
                 print(f"the AOF was read {took:.1f}s after the refusals were checked")

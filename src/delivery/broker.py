@@ -19,6 +19,7 @@ import aio_pika
 import aio_pika.abc
 import aiormq
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
 from kombu import Exchange, Producer, Queue
@@ -29,6 +30,7 @@ from kombu.utils.functional import retry_over_time
 from delivery.config import EMBEDDED_DIR, Settings
 from delivery.grouping import Grouped
 from delivery.registration import RegistrationJob
+from delivery.store import blocking_parser_for
 
 logger = logging.getLogger(__name__)
 
@@ -216,9 +218,21 @@ def _broker_options(settings: Settings) -> dict[str, Any]:
     return {"connect_args": {"timeout": 30}}
 
 
+class ResultBackend(RedisBackend):
+    """Celery's Redis result backend, reading Redis's error codes as the store does: a server held by a
+    script (BUSY) or unable to persist (MISCONF) raises the store's class for it, one of
+    `store.REDIS_UNAVAILABLE`, not a plain ResponseError."""
+
+    connparams: dict[str, Any]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connparams["parser_class"] = blocking_parser_for(kwargs.get("url") or "redis://")
+
+
 def _result_backend(settings: Settings) -> str:
     if settings.REDIS_URL is not None:
-        return str(settings.REDIS_URL)
+        return f"{ResultBackend.__module__}:{ResultBackend.__name__}+{settings.REDIS_URL}"
     folder = (EMBEDDED_DIR / "results").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"file://{folder}"

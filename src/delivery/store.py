@@ -15,7 +15,15 @@ from typing import Any, Protocol, TypeVar
 import diskcache
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis._parsers import BaseParser, _AsyncHiredisParser, _AsyncRESP2Parser, _AsyncRESP3Parser
+from redis._parsers import (
+    BaseParser,
+    _AsyncHiredisParser,
+    _AsyncRESP2Parser,
+    _AsyncRESP3Parser,
+    _HiredisParser,
+    _RESP2Parser,
+    _RESP3Parser,
+)
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -69,10 +77,24 @@ _PARSERS: dict[int, type[BaseParser]] = (
 )
 
 
-def _parser_for(url: str) -> type[BaseParser]:
-    """The parser of the protocol the URL names (`?protocol=2`), or of redis-py's default one."""
-    protocol = parse_url(url).get("protocol") or DEFAULT_RESP_VERSION
-    return _PARSERS[int(str(protocol))]
+#: The same for redis-py's blocking client (Celery's result backend).
+_SYNC_PARSERS: dict[int, type[BaseParser]] = (
+    dict.fromkeys((2, 3), _knowing_the_codes(_HiredisParser))
+    if HIREDIS_AVAILABLE
+    else {2: _knowing_the_codes(_RESP2Parser), 3: _knowing_the_codes(_RESP3Parser)}
+)
+
+
+def _parser_for(url: str, *, blocking: bool = False) -> type[BaseParser]:
+    """The parser of the protocol the URL names (`?protocol=2`), or of redis-py's default one; for the
+    blocking client with `blocking`."""
+    protocol = int(str(parse_url(url).get("protocol") or DEFAULT_RESP_VERSION))
+    return (_SYNC_PARSERS if blocking else _PARSERS)[protocol]
+
+
+def blocking_parser_for(url: str) -> type[BaseParser]:
+    """The parser a blocking redis-py client of `url` needs to raise the store's error classes."""
+    return _parser_for(url, blocking=True)
 
 
 #: What Redis raises when it cannot serve now but may soon: away or silent, or up and refusing — loading its
