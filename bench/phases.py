@@ -1,8 +1,10 @@
 """The measurement phases of `make bench`, run on a `bench.stack.BenchStack`: the seed, the read path under
 wrk (from the API's default number of processes and from one, each beside its ceiling: a bare endpoint served
 the same way), the daily totals, the write path with each worker setting, a paced run, a cold rate cache
-under 64 concurrent jobs, and the write path again on a RabbitMQ cluster of three nodes with quorum queues.
-Their figures go to `results`; `bench.report` renders them.
+under 64 concurrent jobs, the rate limiter's cost (the main read case and the main write run with the limiter
+on and off, in turn), and the write path again on a RabbitMQ cluster of three nodes with quorum queues.
+Their figures go to `results`; `bench.report` renders them. Every phase but the limiter's off runs has the
+limiter on, its limits raised far above the load (`bench.stack.RAISED_LIMITS`).
 """
 
 import asyncio
@@ -10,7 +12,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import load
 from bench.seed import COST_DAY, FULL, HEAVY_SESSION_ID, QUICK, SeedPlan, SeedResult, seed, session_token
-from bench.stack import ADMIN_TOKEN, QUEUES, VHOST, BenchStack, run_async
+from bench.stack import ADMIN_TOKEN, QUEUES, RAISED_LIMITS, VHOST, BenchStack, run_async
 from bench.usage import cpu_cores, cpu_snapshot
 from delivery.rates import parse_daily
 from delivery.registration import status_key
@@ -31,6 +34,8 @@ from realstack.net import free_port
 ROOT = Path(__file__).resolve().parent.parent
 #: Where Celery's Redis result backend keeps a task's outcome; a registration's task id is its status id.
 RESULT_KEY = "celery-task-meta-{}"
+#: The read cases' client: the heavy session.
+HEAVY_COOKIE = f"session_id={session_token(HEAVY_SESSION_ID)}"
 #: The figures of the cluster's write run set beside the single node's.
 CLUSTER_COMPARED = (
     "accepted_per_s",
@@ -72,7 +77,7 @@ class WorkerConfig:
     probe: int | None = None
 
 
-PHASES = ("read", "daily", "write", "paced", "cold", "cluster")
+PHASES = ("read", "daily", "write", "paced", "cold", "limits", "cluster")
 #: The paced run: registrations a second, for how long, over how many connections (an open model).
 PACED_RATE = 500
 PACED_SECONDS = 20
@@ -91,7 +96,23 @@ WORKER_CONFIGS = (
 COLD_JOBS = 64
 COLD_CONCURRENCY = 16
 COLD_BANK_DELAY = 0.5
-#: `make bench` must end within 15 minutes: optional worker settings are skipped when they would not fit.
+#: The limiter's cost: the read case and the write path's default run, repeated with the limiter on and off in
+#: this order (the API restarted at each change). On, off, off, on: a drift of the machine's speed meanwhile
+#: weighs on both alike, and the two runs of each give the noise the ratio is judged against.
+LIMITER_ORDER = (True, False, False, True)
+LIMITER_READ_CASE = "first_page"
+#: Compared on and off (higher is better for the rates, lower for the rest).
+LIMITER_READ_FIGURES = ("rps", "p50_ms", "p99_ms", "api_cpu_ms_per_request", "redis_cpu_ms_per_request")
+LIMITER_WRITE_FIGURES = (
+    "accepted_per_s",
+    "registered_per_s",
+    "post_p50_ms",
+    "post_p99_ms",
+    "api_cpu_ms_per_accepted",
+    "redis_cpu_ms_per_accepted",
+)
+#: `make bench` must end within 15 minutes, the limiter's comparison (~4 minutes) apart: optional worker
+#: settings are skipped when they would not fit.
 BUDGET_S = 15 * 60
 #: Kept for the cold-cache run, writing the results and the cleanup.
 RESERVE_S = 90
@@ -147,7 +168,7 @@ class Phases:
         stack.setup()
         self.log("database migrated, vhost and redis db ready, fake bank up")
         rss = self.results["peak_rss_mb"] = {}
-        seeded = self.seed() if {"read", "daily"} & phases else None
+        seeded = self.seed() if {"read", "daily", "limits"} & phases else None
         stack.start_api()
         self.log(f"API up at {stack.api_url} (processes: delivery serve's default, the CPU count)")
         if seeded is not None and "read" in phases:
@@ -169,6 +190,8 @@ class Phases:
         if "cold" in phases:
             self.cold_cache()
         rss["api_writes"] = stack.stop_api()
+        if seeded is not None and "limits" in phases:
+            self.limiter_cost(seeded)
         if "cluster" in phases:
             self.cluster_write()
         rss["api"] = max(v for k, v in rss.items() if k.startswith("api") and v is not None)
@@ -193,20 +216,23 @@ class Phases:
         }
         return result
 
-    def read_path(self, seeded: SeedResult, key: str) -> None:
-        """The read cases, then the ceiling served by as many processes as the API (`results[key]`)."""
-        plan, profile = self.profile.seed, self.profile
+    def read_cases(self, seeded: SeedResult) -> dict[str, tuple[str, int | None]]:
+        """Each read case's path, and the `total` its answer must give (None: not a list)."""
+        plan = self.profile.seed
         deep = max(1, 2000 * plan.heavy // FULL.heavy)  # page 2000 of 5000 in the full seed
-        cases = {
+        return {
             "first_page": ("/packages/?page=1&size=20", plan.heavy),
             "deep_page": (f"/packages/?page={deep}&size=20", plan.heavy),
             "filtered": ("/packages/?type=1&has_cost=true&page=1&size=20", seeded.heavy_session_priced_type1),
             "detail": (f"/packages/{seeded.newest_heavy_package_id}/", None),
             "types": ("/types/", None),
         }
-        cookie = f"session_id={session_token(HEAVY_SESSION_ID)}"
+
+    def read_path(self, seeded: SeedResult, key: str) -> None:
+        """The read cases, then the ceiling served by as many processes as the API (`results[key]`)."""
+        cases = self.read_cases(seeded)
         for name, (path, total) in cases.items():
-            response = httpx.get(self.stack.api_url + path, headers={"Cookie": cookie}, timeout=60)
+            response = httpx.get(self.stack.api_url + path, headers={"Cookie": HEAVY_COOKIE}, timeout=60)
             if response.status_code != 200:
                 raise RuntimeError(
                     f"read {name}: {path} answered {response.status_code}: {response.text[:500]}"
@@ -217,23 +243,28 @@ class Phases:
             if name == "first_page":
                 (self.stack.workdir / "first_page.json").write_bytes(response.content)
                 self.results["first_page_bytes"] = len(response.content)
-        assert self.stack.api is not None
         read: dict[str, Any] = {}
         for name, (path, _) in cases.items():
-            result, cores = self._wrk(
-                self.stack.api_url + path,
-                [f"Cookie: {cookie}"],
-                {"api": self.stack.api.pid},
-                warmup=profile.warmup_s,
-                seconds=profile.duration_s,
-                connections=profile.connections,
-                threads=2,
-            )
-            read[name] = result.figures() | {"path": path, "cpu_cores": cores}
-            self.log(f"read {name}: {_line(result)}; cpu {_cpu_line(cores)}")
+            read[name] = self.read_case(name, path)
         read["processes"] = self.stack.api_processes or os.cpu_count()
         self.results[key] = read
         self.ceiling(read, bare=key == "read")
+
+    def read_case(self, name: str, path: str) -> dict[str, Any]:
+        """One read case under wrk, in the heavy session, from the API running now."""
+        assert self.stack.api is not None
+        profile = self.profile
+        result, cores = self._wrk(
+            self.stack.api_url + path,
+            [f"Cookie: {HEAVY_COOKIE}"],
+            {"api": self.stack.api.pid},
+            warmup=profile.warmup_s,
+            seconds=profile.duration_s,
+            connections=profile.connections,
+            threads=2,
+        )
+        self.log(f"read {name}: {_line(result)}; cpu {_cpu_line(cores)}")
+        return result.figures() | {"path": path, "cpu_cores": cores}
 
     def daily_totals(self) -> None:
         url = f"{self.stack.api_url}/admin/stats/daily-costs/?date={COST_DAY}"
@@ -541,8 +572,76 @@ class Phases:
             f" {self.stack.bank.requests} bank request(s), {priced}/{COLD_JOBS} registered with a cost"
         )
 
+    def limiter_cost(self, seeded: SeedResult) -> None:
+        """The rate limiter's cost: the main read case (wrk) and the write path's default run, the limiter
+        on and off in the order of LIMITER_ORDER, the API restarted with `RATE_LIMIT_ENABLED` at each change.
+        On, its limits are raised far above the load, so every request is counted (one store round trip) and
+        none refused. The figures of each side are the mean of its runs; their ratio on/off is judged against
+        the noise, the larger relative spread between two runs of the same side."""
+        stack = self.stack
+        path, _ = self.read_cases(seeded)[LIMITER_READ_CASE]
+        runs: list[dict[str, Any]] = []
+        peaks: dict[str, float] = {}
+        try:
+            for on in LIMITER_ORDER:
+                side = _side(on)
+                if stack.api is None or stack.rate_limits != on:
+                    if stack.api is not None:
+                        previous = _side(stack.rate_limits)
+                        peaks[previous] = max(peaks.get(previous, 0.0), stack.stop_api())
+                    stack.rate_limits = on
+                    stack.start_api()
+                    self.log(f"limiter {side}: API up at {stack.api_url}")
+                read = self.read_case(f"{LIMITER_READ_CASE} (limiter {side})", path)
+                cores = read["cpu_cores"]
+                read["api_cpu_ms_per_request"] = _per(cores.get("api"), read["rps"])
+                read["redis_cpu_ms_per_request"] = _per(cores.get("redis"), read["rps"])
+                write = self.write_run(WORKER_CONFIGS[0], self.profile.registrations, label=f"limiter-{side}")
+                accepting = write["cpu_cores_accepting"]
+                write["api_cpu_ms_per_accepted"] = _per(accepting.get("api"), write["accepted_per_s"])
+                write["redis_cpu_ms_per_accepted"] = _per(accepting.get("redis"), write["accepted_per_s"])
+                write.pop("worker_log_tail", None)
+                runs.append({"limiter": side, "read": read, "write": write})
+        finally:
+            if stack.api is not None:
+                side = _side(stack.rate_limits)
+                peaks[side] = max(peaks.get(side, 0.0), stack.stop_api())
+            stack.rate_limits = True
+        for side, peak in peaks.items():
+            self.results["peak_rss_mb"][f"api_limiter_{side}"] = peak
+        read_runs = {side: [r["read"] for r in runs if r["limiter"] == side] for side in ("on", "off")}
+        write_runs = {side: [r["write"] for r in runs if r["limiter"] == side] for side in ("on", "off")}
+        self.results["rate_limiter"] = {
+            "order": [_side(on) for on in LIMITER_ORDER],
+            "limits_when_on": dict(RAISED_LIMITS),
+            "read": {
+                "case": LIMITER_READ_CASE,
+                "path": path,
+                "connections": self.profile.connections,
+                "seconds": self.profile.duration_s,
+                **_compare(read_runs, LIMITER_READ_FIGURES),
+            },
+            "write": {
+                "config": WORKER_CONFIGS[0].name,
+                "registrations": self.profile.registrations,
+                "concurrency": self.profile.write_concurrency,
+                "works": all(r["write"]["works"] for r in runs),
+                "client_errors": _sum_counts(r["write"]["client_errors"] for r in runs),
+                **_compare(write_runs, LIMITER_WRITE_FIGURES),
+            },
+            "runs": runs,
+        }
+        for what in ("read", "write"):
+            ratio = self.results["rate_limiter"][what]["ratio"]
+            noise = self.results["rate_limiter"][what]["noise"]
+            self.log(
+                f"limiter {what}: on/off "
+                + ", ".join(f"{k} {ratio[k]} (noise {noise[k]})" for k in ratio if ratio[k] is not None)
+            )
+
     def reserve_s(self) -> float:
-        """What the phases after the write path's optional settings need, and writing the results."""
+        """What the phases after the write path's optional settings need, and writing the results; not the
+        limiter's comparison, which BUDGET_S leaves out (its runs are fixed: nothing in it is optional)."""
         needs = {"paced": 60, "cold": 30, "cluster": 60 + 3 * 25 + self.profile.registrations / 100}
         return RESERVE_S + sum(s for phase, s in needs.items() if phase in self.phases)
 
@@ -588,6 +687,54 @@ async def _created_at(engine: AsyncEngine, watermark: int) -> dict[str, float]:
             text("SELECT registration_id, created_at FROM packages WHERE id > :w"), {"w": watermark}
         )
         return {str(reg): at.replace(tzinfo=UTC).timestamp() for reg, at in rows}
+
+
+def _side(on: bool) -> str:
+    return "on" if on else "off"
+
+
+def _per(cores: float | None, rate: float | None) -> float | None:
+    """Milliseconds of CPU per request: cores used on average over requests a second."""
+    return round(cores / rate * 1000, 4) if cores is not None and rate else None
+
+
+def _sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(total)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _compare(runs: Mapping[str, Sequence[Mapping[str, Any]]], figures: Sequence[str]) -> dict[str, Any]:
+    """Each figure's mean on each side, their ratio on/off, and the noise: the largest relative spread
+    ((max - min) / mean) between the runs of one side. The difference is within noise when |ratio - 1| is not
+    above it."""
+    sides: dict[str, dict[str, Any]] = {}
+    ratio: dict[str, float | None] = {}
+    noise: dict[str, float | None] = {}
+    within: dict[str, bool | None] = {}
+    for side, results in runs.items():
+        sides[side] = {"runs": len(results)}
+        for figure in figures:
+            values = [r[figure] for r in results if r.get(figure) is not None]
+            sides[side][figure] = round(_mean(values), 4) if values else None
+            sides[side][figure + "_runs"] = values
+    for figure in figures:
+        on, off = sides["on"][figure], sides["off"][figure]
+        ratio[figure] = round(on / off, 4) if on is not None and off else None
+        spreads = [
+            (max(values) - min(values)) / _mean(values)
+            for side in sides.values()
+            if len(values := side[figure + "_runs"]) > 1 and _mean(values)
+        ]
+        noise[figure] = round(max(spreads), 4) if spreads else None
+        r, n = ratio[figure], noise[figure]
+        within[figure] = None if r is None or n is None else abs(r - 1) <= n
+    return {"on": sides["on"], "off": sides["off"], "ratio": ratio, "noise": noise, "within_noise": within}
 
 
 def _rate(count: int, seconds: float) -> float:

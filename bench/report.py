@@ -11,6 +11,24 @@ READ_CASES = {
     "types": "types",
 }
 WRITE_KEYS = ("accepted_per_s", "registered_per_s", "p50_ms_to_registered", "p99_ms_to_registered")
+#: The figures of the limiter's comparison, as the table names them, and their decimal places.
+LIMITER_FIGURES = {
+    "read": {
+        "rps": ("req/s", 1),
+        "p50_ms": ("p50 ms", 2),
+        "p99_ms": ("p99 ms", 2),
+        "api_cpu_ms_per_request": ("API CPU ms per request", 3),
+        "redis_cpu_ms_per_request": ("Redis CPU ms per request", 3),
+    },
+    "write": {
+        "accepted_per_s": ("accepted/s", 1),
+        "registered_per_s": ("registered/s", 1),
+        "post_p50_ms": ("POST p50 ms", 1),
+        "post_p99_ms": ("POST p99 ms", 1),
+        "api_cpu_ms_per_accepted": ("API CPU ms per registration", 3),
+        "redis_cpu_ms_per_accepted": ("Redis CPU ms per registration", 3),
+    },
+}
 
 
 def _fmt(value: Any, places: int = 1) -> str:
@@ -244,6 +262,61 @@ def _cluster(results: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _limiter(results: Mapping[str, Any]) -> list[str]:
+    limiter = results.get("rate_limiter")
+    if not limiter:
+        return []
+    read, write = limiter.get("read", {}), limiter.get("write", {})
+    rows = []
+    for what, figures in (("read", read), ("write", write)):
+        for key, (label, places) in LIMITER_FIGURES[what].items():
+            on, off = figures.get("on", {}), figures.get("off", {})
+            rows.append(
+                [
+                    f"{what}: {label}",
+                    _with_runs(on, key, places),
+                    _with_runs(off, key, places),
+                    _fmt(figures.get("ratio", {}).get(key), 3),
+                    _fmt(figures.get("noise", {}).get(key), 3),
+                    _fmt(figures.get("within_noise", {}).get(key)),
+                ]
+            )
+    read_errors = {
+        run["limiter"]: run["read"].get("errors", 0)
+        for run in limiter.get("runs", [])
+        if run["read"].get("errors")
+    }
+    limits = sorted(set(limiter.get("limits_when_on", {}).values()))
+    return [
+        "## Rate limiter: on and off",
+        "",
+        f"The main read case (`{read.get('path')}`, wrk -c{read.get('connections')} for"
+        f" {_fmt(read.get('seconds'))} s after the warm-up) and the write path's `{write.get('config')}` run"
+        f" ({_fmt(write.get('registrations'))} registrations at concurrency {write.get('concurrency')}),"
+        f" measured with the limiter on and off in the order {', '.join(limiter.get('order', []))}, the API"
+        " restarted with `RATE_LIMIT_ENABLED` at each change. On, every limit is raised to"
+        f" {', '.join(f'`{v}`' for v in limits)}, far above the load: every request is counted (one Redis"
+        " round trip, shared with the concurrent requests' increments) and none refused. Every other table"
+        " here is measured with the limiter on, so raised.",
+        "",
+        "- limiter on / off: the mean of that side's runs (each run in brackets);",
+        "- on/off: their ratio (below 1 for a rate, above 1 for a time or a cost: what the limiter costs);",
+        "- noise: the larger spread between the runs of one side, (max - min) / mean; within noise:"
+        " |on/off - 1| is not above it.",
+        "",
+        *_table(["figure", "limiter on", "limiter off", "on/off", "noise", "within noise"], rows),
+        f"Write runs all registered: {_fmt(write.get('works'))}; client errors"
+        f" {write.get('client_errors') or 'none'}; read errors {read_errors or 'none'}.",
+        "",
+    ]
+
+
+def _with_runs(side: Mapping[str, Any], key: str, places: int) -> str:
+    runs = side.get(key + "_runs") or []
+    shown = _fmt(side.get(key), places)
+    return shown + (f" ({', '.join(_fmt(float(v), places) for v in runs)})" if len(runs) > 1 else "")
+
+
 def _bank(results: Mapping[str, Any]) -> list[str]:
     bank = results.get("bank_requests", {})
     cold = bank.get("cold_64_detail", {})
@@ -299,6 +372,8 @@ def _rss(results: Mapping[str, Any]) -> list[str]:
         "api_reads": "API during the reads (default processes)",
         "api_reads_one_process": "API during the reads (one process)",
         "api_writes": "API during the write runs",
+        "api_limiter_on": "API during the limiter's comparison, limiter on",
+        "api_limiter_off": "API during the limiter's comparison, limiter off",
         "api_cluster": "API during the cluster's write run",
     }
     rows += [[label, _fmt(rss.get(key))] for key, label in api_runs.items() if key in rss]
@@ -328,6 +403,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         *_write(results),
         *_paced(results),
         *_cluster(results),
+        *_limiter(results),
         *_bank(results),
         *_daily(results),
         *_rss(results),

@@ -126,6 +126,7 @@ class BenchStack:
         self._made.add("redis")
         self.kv = redis.Redis.from_url(REDIS_URL, decode_responses=True)
         self.kv.flushdb()
+        self._made.add("bank")
         self.bank.start()
         self.sampler.start()
 
@@ -140,7 +141,8 @@ class BenchStack:
         for service in reversed(self.services):
             self._quietly(f"stop {service.name}", service.stop)
         self._quietly("stop the RabbitMQ cluster", self.stop_cluster)
-        self._quietly("stop the bank", self.bank.stop)
+        if "bank" in self._made:  # a server never started would wait forever for its loop to stop
+            self._quietly("stop the bank", self.bank.stop)
         self.sampler.stop()
         if "redis" in self._made and self.kv is not None:
             self._quietly("flush redis db 14", self.kv.flushdb)

@@ -178,12 +178,12 @@ def cpu_cores(before: Mapping[str, float], after: Mapping[str, float]) -> dict[s
     wall = after["wall"] - before["wall"]
     cores = {
         # A process that exited in between takes its time with it: never below zero.
-        name: round(max(after[name] - before.get(name, 0.0), 0.0) / wall, 2)
+        name: round(max(after[name] - before.get(name, 0.0), 0.0) / wall, 3)
         for name in after
         if name not in ("wall", "machine", "steal")
     }
     machine = (after["machine"] - before["machine"]) / wall
-    cores["other"] = round(max(machine - sum(cores.values()), 0.0), 2)
-    cores["machine"] = round(machine, 2)
-    cores["steal"] = round((after["steal"] - before["steal"]) / wall, 2)
+    cores["other"] = round(max(machine - sum(cores.values()), 0.0), 3)
+    cores["machine"] = round(machine, 3)
+    cores["steal"] = round((after["steal"] - before["steal"]) / wall, 3)
     return cores

@@ -1,8 +1,9 @@
 // The registration form: the server's bounds checked before sending, the server's 422 shown at the fields.
 
 import { $ } from "../lib/dom.js";
-import { showBanner } from "../lib/banner.js";
-import { send } from "../lib/api.js";
+import { bannerMessage, showBanner } from "../lib/banner.js";
+import { ServiceError, retryAfterSeconds, send } from "../lib/api.js";
+import { tooManyRegistrations } from "../lib/format.js";
 import { FIELDS, splitErrors, validatePackage } from "../lib/validation.js";
 import { api } from "./session.js";
 import { loadTypes, types } from "./types.js";
@@ -80,6 +81,9 @@ async function submit(body) {
   } else if (result.status === 422) {
     idempotencyKey = null;
     showServerErrors(result.data && result.data.detail);
+  } else if (result.status === 429) {
+    // Refused before anything was stored: the same parcel may be sent again, with the same key, once it is time.
+    setFormError(tooManyRegistrations(retryAfterSeconds(result.headers.get("Retry-After"))));
   } else {
     setFormError(`Сервер ответил ${result.status}. Попробуйте ещё раз.`);
   }
@@ -104,7 +108,11 @@ async function onSubmit(event) {
     await submit(body);
   } catch (error) {
     showBanner(error);
-    setFormError("Посылка не отправлена: повторите, когда связь восстановится.");
+    if (error instanceof ServiceError && error.kind === "limited") {
+      setFormError(`Посылка не отправлена. ${bannerMessage(error)}`);
+    } else {
+      setFormError("Посылка не отправлена: повторите, когда связь восстановится.");
+    }
   } finally {
     button.disabled = false;
     button.removeAttribute("aria-busy");

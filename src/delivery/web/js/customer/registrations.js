@@ -2,6 +2,8 @@
 
 import { $, el } from "../lib/dom.js";
 import { showBanner } from "../lib/banner.js";
+import { ServiceError, retryAfterSeconds } from "../lib/api.js";
+import { formatWait } from "../lib/format.js";
 import { formatCost } from "./cost.js";
 import { api } from "./session.js";
 import { loadList } from "./list.js";
@@ -71,17 +73,32 @@ export function resumePending() {
   loadPending().forEach(show);
 }
 
+/** Milliseconds to wait before polling again: the answer's Retry-After when it gives one, else the backoff's. */
+function waitMs(retryAfter, backoff) {
+  const seconds = retryAfterSeconds(retryAfter);
+  return seconds === null ? backoff : Math.max(seconds * 1000, backoff);
+}
+
 async function follow(reg, view) {
   const path = `/packages/status/${encodeURIComponent(reg.statusId)}/`;
   let delay = POLL_FIRST_MS;
+  let wait = delay;
   for (;;) {
-    await sleep(delay);
+    await sleep(wait);
     delay = Math.min(delay * 2, POLL_MAX_MS);
+    wait = delay;
     let result;
     try {
       result = await api("GET", path);
     } catch (error) {
       showBanner(error); // keep following: the answer comes once the service is back
+      if (error instanceof ServiceError) wait = waitMs(error.retryAfter, delay);
+      continue;
+    }
+    if (result.status === 429) {
+      // Over the rate limit: the registration goes on regardless; ask again once the limit allows it.
+      wait = waitMs(result.headers.get("Retry-After"), delay);
+      view.set("pending", "Ожидает", `Принята, регистрируем… Статус проверим через ${formatWait(wait / 1000)}.`);
       continue;
     }
     if (result.status === 404) {
@@ -95,7 +112,10 @@ async function follow(reg, view) {
       return;
     }
     const status = result.data;
-    if (!status || !status.done) continue;
+    if (!status || !status.done) {
+      view.set("pending", "Ожидает", "Принята, регистрируем…");
+      continue;
+    }
     forget(reg.statusId);
     if (status.error) {
       view.set("failed", "Ошибка", `Не зарегистрирована: ${status.error_message || "причина неизвестна"}`);

@@ -20,6 +20,8 @@ export async function api(method, path, body, headers) {
   let result = await send(method, path, options);
   if (result.status === 401) {
     const opened = await openSession();
+    // Sessions opened from one address are limited: over it, the caller waits as the answer asks.
+    if (opened.status === 429) throw new ServiceError("limited", opened.headers.get("Retry-After"));
     if (opened.status !== 204) throw new ServiceError("server");
     result = await send(method, path, options);
   }

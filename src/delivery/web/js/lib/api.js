@@ -1,7 +1,7 @@
 // The HTTP client both pages use: JSON in and out, and the failures a person must be told about.
 
 export class ServiceError extends Error {
-  /** kind: "network" (no answer), "unavailable" (503) or "server" (another 5xx). */
+  /** kind: "network" (no answer), "unavailable" (503), "limited" (429 where the page cannot go on) or "server". */
   constructor(kind, retryAfter) {
     super(kind);
     this.kind = kind;
@@ -30,6 +30,19 @@ export async function send(method, path, { body, rawBody, headers } = {}) {
   if (response.status === 503) throw new ServiceError("unavailable", response.headers.get("Retry-After"));
   if (response.status >= 500) throw new ServiceError("server");
   return { status: response.status, data: parseJson(text), text, headers: response.headers };
+}
+
+/**
+ * The seconds a Retry-After field asks to wait (delay-seconds, or an HTTP date, counted from `now`), or null
+ * when it gives none.
+ */
+export function retryAfterSeconds(value, now = Date.now()) {
+  if (value == null) return null;
+  const text = String(value).trim();
+  if (/^\d+$/.test(text)) return Number(text);
+  if (!/[A-Za-z]/.test(text)) return null;
+  const date = Date.parse(text);
+  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - now) / 1000));
 }
 
 export function parseJson(text) {

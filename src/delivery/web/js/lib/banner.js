@@ -1,7 +1,8 @@
 // The banner at the top of a page: the service or the network is down.
 
 import { $, el } from "./dom.js";
-import { ServiceError } from "./api.js";
+import { ServiceError, retryAfterSeconds } from "./api.js";
+import { formatWait } from "./format.js";
 
 export function bannerMessage(error) {
   if (error instanceof ServiceError && error.kind === "unavailable") {
@@ -10,6 +11,11 @@ export function bannerMessage(error) {
       message += ` Повторите попытку через ${error.retryAfter.trim()} с.`;
     }
     return message;
+  }
+  if (error instanceof ServiceError && error.kind === "limited") {
+    const seconds = retryAfterSeconds(error.retryAfter);
+    if (seconds === null) return "Слишком много запросов. Подождите немного и повторите.";
+    return `Слишком много запросов. Повторите через ${formatWait(seconds)}.`;
   }
   if (error instanceof ServiceError && error.kind === "network") {
     return "Нет связи с сервером. Проверьте подключение и попробуйте ещё раз.";

@@ -30,6 +30,25 @@ export function formatAge(seconds) {
   return `${days} ${plural(days, "день", "дня", "дней")}`;
 }
 
+/** A wait after "через", rounded up to the largest unit that fits: "42 секунды", "2 минуты", "1 час". */
+export function formatWait(seconds) {
+  const s = Math.max(1, Math.ceil(seconds));
+  if (s < 60) return `${s} ${plural(s, "секунду", "секунды", "секунд")}`;
+  if (s < 3600) {
+    const m = Math.ceil(s / 60);
+    return `${m} ${plural(m, "минуту", "минуты", "минут")}`;
+  }
+  const h = Math.ceil(s / 3600);
+  return `${h} ${plural(h, "час", "часа", "часов")}`;
+}
+
+/** A registration refused over the rate limit (429), with the seconds of its Retry-After when it gave them. */
+export function tooManyRegistrations(seconds) {
+  const first = "Слишком много посылок подряд.";
+  if (seconds == null) return `${first} Подождите немного и отправьте снова.`;
+  return `${first} Отправьте снова через ${formatWait(seconds)}: данные формы сохранены.`;
+}
+
 /** "2025-06-26" -> "26.06.2025": string work, so no time zone can move the day. */
 export function formatDay(iso) {
   const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(iso);
