@@ -1,6 +1,7 @@
 """Pages in headless Chromium, on the app served over real HTTP: what the browser tests share."""
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, Route, async_playwright
 
 from delivery.api import create_app
 from delivery.config import Settings
@@ -29,6 +30,12 @@ ARTIFACTS = ROOT / "test-artifacts"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 GROUP = "\u202f"
+#: Each refusal of the page's Content-Security-Policy, told to the test (Chromium also logs most of them).
+REPORT_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportViolation(`${event.effectiveDirective} refused ${event.blockedURI} at ${event.sourceFile}`);
+}, true);
+"""
 
 
 def shown(amount: str) -> str:
@@ -76,16 +83,26 @@ class LiveServer:
 async def new_page(
     browser: Browser, server: LiveServer, viewport: dict[str, int], path: str
 ) -> AsyncIterator[Page]:
-    """A fresh visitor (a new browser context) at `path`; fails on any script error."""
+    """A fresh visitor (a new browser context) at `path`; fails on any script error, on anything the page's
+    Content-Security-Policy refuses, and on any request to an origin other than the app's (each aborted)."""
     context = await browser.new_context(
         base_url=server.url,
         viewport={"width": viewport["width"], "height": viewport["height"]},
         locale="ru-RU",
         timezone_id="Europe/Moscow",
     )
+    errors: list[str] = []
+    elsewhere: list[str] = []
+
+    async def refuse(route: Route) -> None:
+        elsewhere.append(route.request.url)
+        await route.abort()
+
+    await context.route(re.compile(rf"^(?!{re.escape(server.url)}/)"), refuse)
+    await context.expose_function("reportViolation", lambda text: errors.append(f"CSP: {text}"))
+    await context.add_init_script(REPORT_VIOLATIONS)
     page = await context.new_page()
     page.set_default_timeout(10_000)
-    errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
     # Failed requests (a 401 before the session, a 422, a 503) are logged by the browser itself; ignore them.
     page.on(
@@ -102,6 +119,7 @@ async def new_page(
     finally:
         await context.close()
     assert not errors, errors
+    assert not elsewhere, elsewhere
 
 
 async def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:

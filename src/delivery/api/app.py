@@ -102,6 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Registers parcels asynchronously; prices them at the Central Bank of Russia's USD/RUB rate.",
         version="0.1.0",
         lifespan=lifespan,
+        # /docs is one of the pages (`web.docs`), under their policy; ReDoc is not served: it injects its
+        # styles inline, which that policy refuses.
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "sessions", "description": "A customer's session, held in a cookie."},
             {"name": "packages", "description": "Registering parcels and reading them back."},
@@ -113,11 +117,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_SIZE)
     for module in (sessions, packages, admin, health, web):
         app.include_router(module.router)
-    # Outside every other layer: each answer carries the request id and reaches the access log.
+    # Outside every other layer, fast paths included: each answer carries the request id and the headers that
+    # hold browsers to the pages (`web.security_headers`), and reaches the access log.
     app.front = RequestIdMiddleware(
-        FastLane(app, packages.router.routes, full=app.stack, body_limit=MAX_BODY_SIZE)
+        FastLane(app, packages.router.routes, full=app.stack, body_limit=MAX_BODY_SIZE),
+        headers_for=web.security_headers,
     )
-    app.mount("/static", web.static, name="static")
+    web.mount_static(app)
     _document_type_ids(app)
     return app
 

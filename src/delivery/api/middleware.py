@@ -1,9 +1,11 @@
-"""ASGI middleware: the request id every log line of a request carries, the access log, the body limit."""
+"""ASGI middleware: the request id every log line of a request carries, the access log, the headers every
+answer carries, the body limit."""
 
 import logging
 import random
 import re
 import time
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -19,9 +21,17 @@ logger = logging.getLogger("delivery.access")
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+#: A response header as ASGI carries it.
+Header = tuple[bytes, bytes]
+
+
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """The request id and the access log around every request; on every answer, the request id and the headers
+    that `headers_for` gives for the request's path (made once, appended as they are)."""
+
+    def __init__(self, app: ASGIApp, *, headers_for: Callable[[str], tuple[Header, ...]]) -> None:
         self.app = app
+        self.headers_for = headers_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,13 +44,14 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 500
         id_header = (b"x-request-id", rid.encode())
+        fixed = self.headers_for(scope["path"])
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                # No answer of the app sets this header itself: appended, not looked for.
-                message["headers"] = [*message.get("headers", ()), id_header]
+                # No answer of the app sets these headers itself: appended, not looked for.
+                message["headers"] = [*message.get("headers", ()), id_header, *fixed]
             await send(message)
 
         try:
