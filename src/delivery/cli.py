@@ -153,7 +153,7 @@ def requeue_dead_letters() -> int:
         try:
             sent = await deadletters.requeue(rt.maker, rt.store, publish, status_ttl=settings.STATUS_TTL)
         except Exception as exc:
-            await _record(rt, action, "dead letters", f"failed after sending back {published}: {exc!r}")
+            await _record(rt, action, "dead letters", f"failed: sent back {published}, then {exc!r}")
             raise
         await _record(rt, action, "dead letters", f"ok: sent back {sent}")
         return sent

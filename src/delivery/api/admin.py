@@ -227,7 +227,7 @@ async def requeue_dead_letters(
             resources.maker, resources.store, publish, status_ttl=resources.settings.STATUS_TTL
         )
     except Exception as exc:
-        outcome = f"failed after sending back {published}: {exc}"
+        outcome = f"failed: sent back {published}, then {exc}"
         await audit.record(
             db, operator=operator, action=Action.DEAD_LETTERS_REQUEUE, object="dead letters", outcome=outcome
         )
