@@ -11,10 +11,11 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from delivery import operators
 from delivery.api import create_app
 from delivery.config import Settings
 from delivery.db import utcnow
-from delivery.models import ClientSession, Package
+from delivery.models import AuditEntry, ClientSession, Package
 from delivery.service import hash_token
 
 COOKIE = "session_id"
@@ -187,3 +188,16 @@ async def add_unpriced_packages(
         db.add_all(rows)
         await db.commit()
         return [row.id for row in rows]
+
+
+async def add_operator(maker: Maker, name: str) -> str:
+    """A named operator made as `delivery operators add` makes one; their key."""
+    async with maker() as db:
+        _, key = await operators.add(db, name)
+    return key
+
+
+async def audit_entries(maker: Maker) -> list[AuditEntry]:
+    """The audit trail, oldest first."""
+    async with maker() as db:
+        return list((await db.scalars(select(AuditEntry).order_by(AuditEntry.id))).all())

@@ -23,7 +23,16 @@ from tests.factories import app_client, open_session
 from tests.stack import ROOT, Stack, run_in_thread
 
 TYPES = [(1, "clothes"), (2, "electronics"), (3, "misc")]
-TABLES = {"sessions", "package_types", "packages", "cost_calculations", "daily_cost_totals", "dead_letters"}
+TABLES = {
+    "sessions",
+    "package_types",
+    "packages",
+    "cost_calculations",
+    "daily_cost_totals",
+    "dead_letters",
+    "operators",
+    "audit_entries",
+}
 
 
 @pytest.fixture

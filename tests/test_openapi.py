@@ -30,6 +30,8 @@ CONTRACT: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("get", "/admin/jobs/{task_id}/"): ("200", {"401", "403", "503"}),
     ("get", "/admin/dead-letters/"): ("200", {"401", "403", "503"}),
     ("post", "/admin/dead-letters/requeue/"): ("202", {"401", "403", "503"}),
+    ("get", "/admin/audit/"): ("200", {"401", "403", "422", "503"}),
+    ("get", "/admin/me/"): ("200", {"401", "403", "503"}),
     ("get", "/healthz"): ("200", set()),
     ("get", "/readyz"): ("200", {"503"}),
     ("get", "/metrics"): ("200", set()),

@@ -22,11 +22,11 @@ from playwright.async_api import Browser, Locator, Page, expect
 from sqlalchemy import select
 
 from delivery.jobs import price_pending
-from delivery.models import DeadLetter, Package
+from delivery.models import AuditEntry, DeadLetter, Package
 from delivery.rates import Rate
 from delivery.registration import RegistrationJob
 from tests.browser import DESKTOP, PHONE, LiveServer, new_page, no_horizontal_scroll, screenshot, shown
-from tests.factories import Maker, add_package, add_session, add_unpriced_packages
+from tests.factories import Maker, add_operator, add_package, add_session, add_unpriced_packages
 from tests.helpers import expected_cost, wait_until
 from tests.stack import ADMIN_TOKEN, Stack, WorkerProcess
 
@@ -338,3 +338,71 @@ async def test_keyboard_alone_at_phone_and_desktop_width(
         )
         await no_horizontal_scroll(page, viewport["width"])
         await screenshot(page, f"admin-{name}-{stack.name}.png", full_page=viewport is PHONE)
+
+
+async def test_the_operator_is_named_and_the_journal_shows_what_was_done(
+    stack: Stack, browser: Browser, live_server: LiveServer, maker: Maker
+) -> None:
+    """Signed in with a named operator's key, the page says whose it is; a binding appears at the top of the
+    journal with that name; the journal pages, and filters by operator and by days."""
+    key = await add_operator(maker, "alice")
+    package_id = await add_package(maker, session_id=(await add_session(maker))[0])
+    async with maker() as db, db.begin():
+        db.add_all(
+            AuditEntry(
+                at=datetime(2025, 6, 10, 12, minute, tzinfo=UTC),
+                operator="bob",
+                action="pricing.start",
+                object=f"task t-{minute}",
+                outcome="ok",
+                request_id=f"old-{minute}",
+            )
+            for minute in range(21)
+        )
+    async with new_page(browser, live_server, DESKTOP, "/admin/") as page:
+        await log_in(page, key)
+        await expect(page.locator("#whoami")).to_have_text("Оператор: alice")
+        rows = page.locator("#audit-body tr")
+        status = page.locator("#audit-status")
+        await expect(status).to_have_text("Всего: 21 запись")
+        await expect(rows).to_have_count(20)
+        await expect(page.locator("#audit-page")).to_have_text("Страница 1 из 2")
+
+        await page.get_by_label("Номер посылки").fill(str(package_id))
+        await page.get_by_label("Номер компании").fill("7")
+        await page.get_by_label("Номер компании").press("Enter")
+        await expect(status).to_have_text("Всего: 22 записи")
+        newest = rows.first
+        await expect(newest).to_have_attribute("data-operator", "alice")
+        await expect(newest).to_have_attribute("data-action", "company.bind")
+        await expect(newest.locator("td")).to_have_text(
+            [re.compile(r"\d"), "alice", "Закрепление транспортной компании",
+             f"посылка № {package_id}, компания № 7", "выполнено", re.compile(r"\S")]
+        )  # fmt: skip
+        await screenshot(page, f"admin-journal-{stack.name}.png")
+
+        await page.get_by_role("button", name="Вперёд →").click()
+        await expect(page.locator("#audit-page")).to_have_text("Страница 2 из 2")
+        await expect(rows).to_have_count(2)
+        await expect(rows.last).to_contain_text("old-0")
+
+        await page.get_by_label("Имя оператора").fill("alice")
+        await page.get_by_role("button", name="Найти").click()
+        await expect(status).to_have_text("Найдено: 1 запись")
+        await expect(rows).to_have_count(1)
+        await expect(page.locator("#audit-pager")).to_be_hidden()
+
+        await page.get_by_role("button", name="Сбросить").click()
+        await expect(status).to_have_text("Всего: 22 записи")
+        await page.get_by_label("От (UTC)").fill("2025-06-10")
+        await page.get_by_label("До (UTC)").fill("2025-06-10")
+        await page.get_by_role("button", name="Найти").click()
+        await expect(status).to_have_text("Найдено: 21 запись")
+        await page.get_by_label("От (UTC)").fill("2025-06-11")
+        await page.get_by_role("button", name="Найти").click()
+        await expect(page.locator("#audit-error")).to_be_visible()
+        await expect(status).to_have_text("Найдено: 21 запись")  # the refused filter was not sent
+
+        await page.get_by_role("button", name="Выйти").click()
+        await log_in(page, ADMIN_TOKEN)
+        await expect(page.locator("#whoami")).to_have_text("Оператор: admin")

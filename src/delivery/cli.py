@@ -1,4 +1,4 @@
-"""The `delivery` command: serve the API, apply migrations, and the operators' jobs."""
+"""The `delivery` command: serve the API, apply migrations, the operators' jobs, and the operators."""
 
 import argparse
 import sys
@@ -10,8 +10,12 @@ from delivery.errors import RateUnavailable
 from delivery.logs import configure_logging
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from datetime import datetime
 
+    from fastapi import FastAPI
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from delivery.audit import Action
     from delivery.worker import Runtime
 
 T = TypeVar("T")
@@ -95,13 +99,30 @@ def _in_worker_runtime(job: "Callable[[Runtime], Coroutine[Any, Any, T]]", faile
 
 def price() -> int:
     """Price every package without a cost now, in this process."""
-    from delivery import jobs
+    from delivery import audit, jobs
 
-    priced = _in_worker_runtime(lambda rt: jobs.price_now(rt.maker, rt.rates), "no rate, nothing priced")
+    async def job(rt: "Runtime") -> int:
+        try:
+            priced = await jobs.price_now(rt.maker, rt.rates)
+        except Exception as exc:
+            await _record(rt, audit.Action.PRICING_RUN, None, audit.failed(exc))
+            raise
+        await _record(rt, audit.Action.PRICING_RUN, None, f"ok: priced {priced}")
+        return priced
+
+    priced = _in_worker_runtime(job, "no rate, nothing priced")
     if priced is None:
         return 1
     print(f"priced {priced} packages")
     return 0
+
+
+async def _record(rt: "Runtime", action: "Action", target: str | None, outcome: str) -> None:
+    """An audit entry for a command, by the shell's user."""
+    from delivery import audit
+
+    async with rt.maker() as db:
+        await audit.record(db, operator=audit.shell_operator(), action=action, object=target, outcome=outcome)
 
 
 def refresh_rate() -> int:
@@ -115,42 +136,151 @@ def refresh_rate() -> int:
 
 def requeue_dead_letters() -> int:
     """Send every dead letter back to the registration queue, in this process."""
-    from delivery import deadletters
+    from delivery import audit, deadletters
     from delivery.broker import publish_job_body
     from delivery.worker import app, run, runtime, settings
 
     rt = runtime()
+    published = 0
 
     async def publish(body: Any) -> None:
+        nonlocal published
         publish_job_body(app, body)
+        published += 1
+
+    async def requeue() -> int:
+        action = audit.Action.DEAD_LETTERS_REQUEUE
+        try:
+            sent = await deadletters.requeue(rt.maker, rt.store, publish, status_ttl=settings.STATUS_TTL)
+        except Exception as exc:
+            await _record(rt, action, "dead letters", f"failed: sent back {published}, then {exc!r}")
+            raise
+        await _record(rt, action, "dead letters", f"ok: sent back {sent}")
+        return sent
 
     try:
-        sent = run(deadletters.requeue(rt.maker, rt.store, publish, status_ttl=settings.STATUS_TTL))
+        sent = run(requeue())
     finally:
         rt.close()
     print(f"sent back {sent} dead letter{'' if sent == 1 else 's'}")
     return 0
 
 
+def _with_database(work: "Callable[[AsyncSession], Coroutine[Any, Any, int]]") -> int:
+    """Run `work` on a database session of its own, in this process; its exit code."""
+    import asyncio
+
+    from delivery.db import create_engine, create_sessionmaker
+
+    async def session_work() -> int:
+        engine = create_engine(get_settings())
+        try:
+            async with create_sessionmaker(engine)() as db:
+                return await work(db)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(session_work())
+
+
+def add_operator(name: str) -> int:
+    """Add a named operator and print their key, this once: only its hash is kept."""
+    from delivery import audit, operators
+
+    async def add(db: "AsyncSession") -> int:
+        try:
+            operator, key = await operators.add(db, name)
+        except (operators.InvalidName, operators.OperatorExists) as exc:
+            print(f"operator not added: {exc}", file=sys.stderr)
+            return 1
+        await audit.record(
+            db,
+            operator=audit.shell_operator(),
+            action=audit.Action.OPERATOR_ADD,
+            object=f"operator {operator.name}",
+            outcome="ok",
+        )
+        print(f"operator {operator.name} added; their key, shown this once:", file=sys.stderr)
+        print(key)
+        return 0
+
+    return _with_database(add)
+
+
+def list_operators() -> int:
+    """List the operators: name, when added, when revoked (`-`: not revoked)."""
+    from delivery import operators
+
+    async def listing(db: "AsyncSession") -> int:
+        rows = [("NAME", "CREATED", "REVOKED")]
+        for operator in await operators.listed(db):
+            revoked = "-" if operator.revoked_at is None else _when(operator.revoked_at)
+            rows.append((operator.name, _when(operator.created_at), revoked))
+        width = max(len(row[0]) for row in rows)
+        for name, created, revoked in rows:
+            print(f"{name:<{width}}  {created:<25}  {revoked}")
+        return 0
+
+    return _with_database(listing)
+
+
+def _when(moment: "datetime") -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def revoke_operator(name: str) -> int:
+    """Revoke an operator's key: from now on it is refused (403)."""
+    from delivery import audit, operators
+
+    async def revoke(db: "AsyncSession") -> int:
+        try:
+            operator, revoked_now = await operators.revoke(db, name)
+        except operators.UnknownOperator as exc:
+            print(f"nothing revoked: {exc}", file=sys.stderr)
+            return 1
+        if not revoked_now:
+            assert operator.revoked_at is not None
+            print(f"operator {name} was revoked already, at {_when(operator.revoked_at)}")
+            return 0
+        await audit.record(
+            db,
+            operator=audit.shell_operator(),
+            action=audit.Action.OPERATOR_REVOKE,
+            object=f"operator {name}",
+            outcome="ok",
+        )
+        print(f"operator {name} revoked")
+        return 0
+
+    return _with_database(revoke)
+
+
 COMMANDS = {"serve": serve, "migrate": migrate, "price": price, "refresh-rate": refresh_rate}
-#: Commands of two words: `delivery dead-letters requeue`.
-SUBCOMMANDS = {"dead-letters": {"requeue": requeue_dead_letters}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="delivery", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name in COMMANDS:
-        commands.add_parser(name)
-    for name, actions in SUBCOMMANDS.items():
-        sub = commands.add_parser(name).add_subparsers(dest="action", required=True, metavar="action")
-        for action in actions:
-            sub.add_parser(action)
+    for name, command in COMMANDS.items():
+        commands.add_parser(name, help=command.__doc__).set_defaults(run=lambda _, c=command: c())
+    letters = commands.add_parser("dead-letters", help="the registration jobs that could not succeed")
+    letters_actions = letters.add_subparsers(dest="action", required=True, metavar="action")
+    requeue = letters_actions.add_parser("requeue", help=requeue_dead_letters.__doc__)
+    requeue.set_defaults(run=lambda _: requeue_dead_letters())
+    staff = commands.add_parser("operators", help="named operators and their keys (X-Admin-Token)")
+    staff_actions = staff.add_subparsers(dest="action", required=True, metavar="action")
+    add = staff_actions.add_parser("add", help=add_operator.__doc__)
+    add.add_argument("name")
+    add.set_defaults(run=lambda args: add_operator(args.name))
+    listing = staff_actions.add_parser("list", help=list_operators.__doc__)
+    listing.set_defaults(run=lambda _: list_operators())
+    revoke = staff_actions.add_parser("revoke", help=revoke_operator.__doc__)
+    revoke.add_argument("name")
+    revoke.set_defaults(run=lambda args: revoke_operator(args.name))
     args = parser.parse_args(argv)
     configure_logging()
-    if args.command in SUBCOMMANDS:
-        return SUBCOMMANDS[args.command][args.action]()
-    return COMMANDS[args.command]()
+    code: int = args.run(args)
+    return code
 
 
 if __name__ == "__main__":

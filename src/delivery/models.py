@@ -4,7 +4,19 @@ import uuid
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, Computed, Date, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Computed,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    event,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from delivery.db import Base, ExactDecimal, UTCDateTime, utcnow
@@ -150,3 +162,48 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(String(1000))
     deliveries: Mapped[int] = mapped_column(Integer)
     dead_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Operator(Base):
+    """A named operator: the key they send as `X-Admin-Token` is shown once, at `delivery operators add`;
+    the table keeps only its SHA-256, which the guard looks the key up by (`delivery.operators`)."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    #: Never reused, so that the audit trail's names stay unambiguous (a revoked operator keeps theirs).
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Null while the key is taken.
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEntry(Base):
+    """One operator action in the audit trail (`delivery.audit`): written once, never updated or deleted by
+    the service (the mapper refuses both, below)."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        # The listing: newest first, over a range of days, alone or for one operator.
+        Index("ix_audit_entries_at_id", "at", "id"),
+        Index("ix_audit_entries_operator_at_id", "operator", "at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: An operator's name, `admin` (ADMIN_TOKEN), or `shell:<user>` for a command run at the shell.
+    operator: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str | None] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(1000))
+    #: The HTTP request's id (`X-Request-ID`); null for a command.
+    request_id: Mapped[str | None] = mapped_column(String(128))
+
+
+def _append_only(_mapper: object, _connection: object, entry: AuditEntry) -> None:
+    raise TypeError(f"audit entries are never changed or deleted (entry {entry.id})")
+
+
+event.listen(AuditEntry, "before_update", _append_only)
+event.listen(AuditEntry, "before_delete", _append_only)

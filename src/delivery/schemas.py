@@ -5,7 +5,7 @@ import re
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictInt
 from pydantic.config import JsonDict
@@ -167,16 +167,26 @@ class PackageRead(Schema):
     created_at: datetime
 
 
-class PackagePage(Schema):
-    items: list[PackageRead]
+ItemT = TypeVar("ItemT")
+PageT = TypeVar("PageT", bound="Page[Any]")
+
+
+class Page(Schema, Generic[ItemT]):
+    """A page of a list: its items, how many there are in all, the page's number and size, how many pages."""
+
+    items: list[ItemT]
     total: int = Field(examples=[1])
     page: int = Field(examples=[1])
     size: int = Field(examples=[20])
     pages: int = Field(examples=[1])
 
     @classmethod
-    def build(cls, items: list[PackageRead], *, total: int, page: int, size: int) -> "PackagePage":
+    def build(cls: type[PageT], items: list[Any], *, total: int, page: int, size: int) -> PageT:
         return cls(items=items, total=total, page=page, size=size, pages=math.ceil(total / size))
+
+
+class PackagePage(Page[PackageRead]):
+    pass
 
 
 class RegistrationAccepted(Schema):
@@ -307,3 +317,31 @@ class JobState(Schema):
     state: str = Field(examples=["SUCCESS"])
     result: dict[str, int] | None = Field(examples=[{"priced": 3}])
     error: str | None
+
+
+class AuditEntryRead(Schema):
+    at: datetime
+    operator: str = Field(
+        examples=["alice"],
+        description="an operator's name, `admin` (ADMIN_TOKEN), or `shell:<user>` for a command",
+    )
+    action: str = Field(
+        examples=["company.bind"],
+        description=(
+            "pricing.start, pricing.run, company.bind, operator.add, operator.revoke, dead_letters.requeue"
+        ),
+    )
+    object: str | None = Field(examples=["package 17, company 7"], description="what it was done to")
+    outcome: str = Field(
+        examples=["refused: company 5 holds it"],
+        description="`ok`, `refused` or `failed`, and after a colon what happened, when that says more",
+    )
+    request_id: str | None = Field(description="the request's X-Request-ID; null for a command")
+
+
+class AuditPage(Page[AuditEntryRead]):
+    """The audit trail, newest first."""
+
+
+class CurrentOperator(Schema):
+    operator: str = Field(examples=["alice"], description="the operator whose key the request carries")

@@ -9,15 +9,20 @@ from celery.result import AsyncResult
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from delivery import deadletters, service
-from delivery.api.deps import DbSession, PackageId, ResourcesDep, require_admin
+from delivery import audit, deadletters, service
+from delivery.api.deps import DbSession, OperatorName, PackageId, ResourcesDep, require_admin
+from delivery.api.packages import MAX_SIZE
 from delivery.api.responses import ADMIN, CONFLICT, JOB_NOT_FOUND, PACKAGE_NOT_FOUND
 from delivery.api.routing import DecimalRoute
+from delivery.audit import Action
 from delivery.broker import PRICE_TASK, PUBLISH_TIMEOUT, confirming_producer, publish_job_body
-from delivery.errors import ServiceUnavailable
+from delivery.errors import ServiceUnavailable, TransportCompanyConflict
 from delivery.schemas import (
     MAX_RANGE_DAYS,
+    AuditEntryRead,
+    AuditPage,
     Backlog,
+    CurrentOperator,
     DailyCosts,
     DailyCostsRange,
     DailyTypeTotal,
@@ -43,9 +48,19 @@ router = APIRouter(
     response_model=PackageRead,
     responses=PACKAGE_NOT_FOUND | CONFLICT,
 )
-async def bind_transport_company(package_id: PackageId, body: TransportCompanyBind, db: DbSession) -> Any:
+async def bind_transport_company(
+    package_id: PackageId, body: TransportCompanyBind, db: DbSession, operator: OperatorName
+) -> Any:
     """Bind the package to the transport company that will deliver it; the first company wins."""
-    return await service.bind_transport_company(db, package_id, body.company_id)
+    what = f"package {package_id}, company {body.company_id}"
+    try:
+        package = await service.bind_transport_company(db, package_id, body.company_id)
+    except TransportCompanyConflict as exc:
+        outcome = f"refused: company {exc.holder_id} holds it"
+        await audit.record(db, operator=operator, action=Action.COMPANY_BIND, object=what, outcome=outcome)
+        raise
+    await audit.record(db, operator=operator, action=Action.COMPANY_BIND, object=what, outcome="ok")
+    return package
 
 
 _DAY = {"type": "string", "format": "date"}
@@ -136,6 +151,39 @@ def _invalid(
     return RequestValidationError([{"type": kind, "loc": ("query", field), "msg": message, "input": value}])
 
 
+@router.get("/admin/me/")
+async def current_operator(operator: OperatorName) -> CurrentOperator:
+    """Who the key of the request belongs to: the operator's name (`admin` for ADMIN_TOKEN)."""
+    return CurrentOperator(operator=operator)
+
+
+@router.get("/admin/audit/", response_model=AuditPage)
+async def audit_trail(
+    db: DbSession,
+    start: Annotated[
+        IsoDate | None,
+        Query(alias="from", description="only entries from this UTC day on (YYYY-MM-DD, included)"),
+    ] = None,
+    end: Annotated[
+        IsoDate | None,
+        Query(
+            alias="to",
+            description="only entries up to this UTC day (YYYY-MM-DD, included); before `from`: none",
+        ),
+    ] = None,
+    operator: Annotated[
+        str | None,
+        Query(max_length=64, description="only this operator's entries (the exact name; empty: everyone's)"),
+    ] = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    size: Annotated[int, Query(ge=1, le=MAX_SIZE)] = 20,
+) -> Any:
+    """The audit trail of operator actions, newest first, filtered and paginated."""
+    entries, total = await audit.page(db, start=start, end=end, operator=operator, page=page, size=size)
+    items = [AuditEntryRead.model_validate(entry) for entry in entries]
+    return AuditPage.build(items, total=total, page=page, size=size)
+
+
 @router.get("/admin/stats/backlog/")
 async def backlog(db: DbSession, resources: ResourcesDep) -> Backlog:
     """Packages without a cost, registrations still pending, and when a cost was last calculated."""
@@ -151,10 +199,13 @@ async def dead_letters(db: DbSession) -> DeadLetters:
 
 
 @router.post("/admin/dead-letters/requeue/", status_code=202)
-async def requeue_dead_letters(resources: ResourcesDep) -> DeadLettersRequeued:
+async def requeue_dead_letters(
+    resources: ResourcesDep, db: DbSession, operator: OperatorName
+) -> DeadLettersRequeued:
     """Send every dead letter back to the registration queue (after the cause was fixed)."""
 
     celery = resources.celery
+    published = 0
 
     def send(body: Any) -> None:
         with confirming_producer(celery) as producer:
@@ -168,15 +219,31 @@ async def requeue_dead_letters(resources: ResourcesDep) -> DeadLettersRequeued:
                 await anyio.to_thread.run_sync(send, body, abandon_on_cancel=True)
         except (TimeoutError, OSError, kombu.exceptions.KombuError, amqp.exceptions.AMQPError) as exc:
             raise ServiceUnavailable("broker") from exc
+        nonlocal published
+        published += 1
 
-    sent = await deadletters.requeue(
-        resources.maker, resources.store, publish, status_ttl=resources.settings.STATUS_TTL
+    try:
+        sent = await deadletters.requeue(
+            resources.maker, resources.store, publish, status_ttl=resources.settings.STATUS_TTL
+        )
+    except Exception as exc:
+        outcome = f"failed: sent back {published}, then {exc}"
+        await audit.record(
+            db, operator=operator, action=Action.DEAD_LETTERS_REQUEUE, object="dead letters", outcome=outcome
+        )
+        raise
+    await audit.record(
+        db,
+        operator=operator,
+        action=Action.DEAD_LETTERS_REQUEUE,
+        object="dead letters",
+        outcome=f"ok: sent back {sent}",
     )
     return DeadLettersRequeued(requeued=sent)
 
 
 @router.post("/admin/jobs/price-packages/", status_code=202)
-async def price_packages(resources: ResourcesDep) -> JobAccepted:
+async def price_packages(resources: ResourcesDep, db: DbSession, operator: OperatorName) -> JobAccepted:
     """Run the periodic pricing job now."""
     celery = resources.celery
 
@@ -196,7 +263,14 @@ async def price_packages(resources: ResourcesDep) -> JobAccepted:
         with anyio.fail_after(2 * PUBLISH_TIMEOUT):
             result = await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
     except (TimeoutError, OSError, kombu.exceptions.KombuError, amqp.exceptions.AMQPError) as exc:
-        raise ServiceUnavailable("broker") from exc
+        unavailable = ServiceUnavailable("broker")
+        await audit.record(
+            db, operator=operator, action=Action.PRICING_START, object=None, outcome=audit.failed(unavailable)
+        )
+        raise unavailable from exc
+    await audit.record(
+        db, operator=operator, action=Action.PRICING_START, object=f"task {result.id}", outcome="ok"
+    )
     return JobAccepted(task_id=result.id)
 
 

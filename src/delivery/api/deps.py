@@ -15,7 +15,7 @@ from celery import Celery
 from fastapi import Cookie, Depends, Header, Path, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from delivery import service
+from delivery import operators, service
 from delivery.api import ratelimits
 from delivery.api.errors import AdminForbidden, AdminUnauthenticated
 from delivery.broker import AmqpPublisher, publish_registration
@@ -164,17 +164,39 @@ def database_id(what: str, name: str) -> Callable[[int], Awaitable[int]]:
 PackageId = Annotated[int, Depends(database_id("package", "package_id"))]
 
 
+#: The 403 of operator endpoints that no key can open.
+NONE_CONFIGURED = "operator endpoints are disabled: not configured (no operator, and ADMIN_TOKEN is not set)"
+
+
 async def require_admin(
     request: Request,
     resources: ResourcesDep,
-    x_admin_token: Annotated[str | None, Header(description="equal to ADMIN_TOKEN")] = None,
-) -> None:
-    expected = resources.settings.ADMIN_TOKEN
-    if expected is None:
-        raise AdminForbidden("operator endpoints are disabled: ADMIN_TOKEN is not configured")
+    db: DbSession,
+    x_admin_token: Annotated[
+        str | None, Header(description="an operator's key (`delivery operators add`), or ADMIN_TOKEN")
+    ] = None,
+) -> str:
+    """The operator whose key the request carries: ADMIN_TOKEN's `admin` (no database read), or the named
+    operator found by the key's hash (one indexed read). A wrong key counts against the client address."""
+    admin_token = resources.settings.ADMIN_TOKEN
     if x_admin_token is None:
+        if admin_token is None and not await operators.any_active(db):
+            raise AdminForbidden(NONE_CONFIGURED)
         raise AdminUnauthenticated
-    right = hmac.compare_digest(x_admin_token.encode(), expected.get_secret_value().encode())
-    await ratelimits.check_operator_key(request, right=right)
-    if not right:
+    name: str | None = None
+    if admin_token is not None and hmac.compare_digest(
+        x_admin_token.encode(), admin_token.get_secret_value().encode()
+    ):
+        name = operators.ADMIN
+    elif x_admin_token:
+        name = await operators.by_key(db, x_admin_token)
+    if name is None and admin_token is None and not await operators.any_active(db):
+        raise AdminForbidden(NONE_CONFIGURED)
+    await ratelimits.check_operator_key(request, right=name is not None)
+    if name is None:
         raise AdminForbidden("wrong X-Admin-Token")
+    return name
+
+
+#: The operator of the request, for a route that records what they do.
+OperatorName = Annotated[str, Depends(require_admin)]

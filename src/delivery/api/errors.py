@@ -33,7 +33,7 @@ class AdminUnauthenticated(Exception):
 
 
 class AdminForbidden(Exception):
-    """A wrong token, or operator endpoints not configured."""
+    """A wrong or revoked key, or no operator configured."""
 
 
 Body = Callable[[Any], dict[str, Any]]
@@ -90,7 +90,7 @@ ANSWERS: dict[type[Exception], Answer] = {
     AdminUnauthenticated: Answer(
         401, "No X-Admin-Token header", _says("operator endpoint: send the X-Admin-Token header")
     ),
-    AdminForbidden: Answer(403, "A wrong token, or ADMIN_TOKEN not configured", _detail),
+    AdminForbidden: Answer(403, "A wrong or revoked key, or no operator configured", _detail),
     InvalidField: Answer(422, "Invalid input", _invalid_field),
     TransportCompanyConflict: Answer(
         409,

@@ -4,6 +4,7 @@ import { $ } from "../lib/dom.js";
 import { showBanner } from "../lib/banner.js";
 import { formatAge, formatDateTime } from "../lib/format.js";
 import { adminApi, TokenRefused } from "./operator.js";
+import { loadAudit } from "./audit.js";
 
 const REFRESH_MS = 5000;
 let timer = null;
@@ -58,6 +59,7 @@ async function requeueDeadLetters() {
       result.status === 202 && result.data
         ? `Отправлено снова: ${result.data.requeued}.`
         : `Не отправлены (ответ ${result.status}).`;
+    loadAudit();
     await loadBacklog();
   } catch (error) {
     if (error instanceof TokenRefused) return;

@@ -5,6 +5,7 @@ import { showBanner } from "../lib/banner.js";
 import { exactInteger } from "../lib/api.js";
 import { checkId, splitErrors } from "../lib/validation.js";
 import { adminApi, TokenRefused } from "./operator.js";
+import { loadAudit } from "./audit.js";
 
 // The API's bounds: a package id is a BIGINT; a company id is at most 2^53 - 1, which every JSON tool
 // holds exactly (the page still sends its digits as they are).
@@ -35,6 +36,7 @@ async function bind(packageId, companyId) {
   const result = await adminApi("POST", `/packages/${packageId}/transport-company/`, {
     rawBody: `{"company_id": ${companyId}}`,
   });
+  if (result.status === 200 || result.status === 409) loadAudit(); // bound or refused: in the trail now
   if (result.status === 200) {
     const holder = exactInteger(result.text, "transport_company_id") || companyId;
     outcome("bound", `Посылка № ${packageId} закреплена за компанией № `, el("strong", { "data-holder": holder, text: holder }), ".");

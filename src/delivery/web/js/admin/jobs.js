@@ -7,6 +7,7 @@ import { plural } from "../lib/format.js";
 import { adminApi, TokenRefused } from "./operator.js";
 import { loadBacklog } from "./backlog.js";
 import { loadCosts } from "./costs.js";
+import { loadAudit } from "./audit.js";
 
 const JOB_KEY = "delivery.admin.job";
 const POLL_MS = 1000;
@@ -84,6 +85,7 @@ async function run() {
     const result = await adminApi("POST", "/admin/jobs/price-packages/");
     if (result.status === 202 && result.data && result.data.task_id) {
       remember(result.data.task_id);
+      loadAudit();
       await follow(result.data.task_id);
     } else {
       $("job-status").textContent = `Задача не запущена (ответ ${result.status}).`;

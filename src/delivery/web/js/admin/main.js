@@ -1,23 +1,34 @@
-// The operators' console: asks for the token once per tab, then shows the daily costs, the backlog, the
-// pricing job and the transport-company binding, all through the operator endpoints of the public API.
+// The operators' console: asks for the key once per tab, says whose it is, then shows the daily costs, the
+// backlog, the pricing job, the transport-company binding and the audit trail, all through the operator
+// endpoints of the public API.
 
 import { $ } from "../lib/dom.js";
-import { bannerMessage, clearBanner } from "../lib/banner.js";
+import { bannerMessage, clearBanner, showBanner } from "../lib/banner.js";
 import { adminApi, forgetToken, getToken, onRefused, setToken, TokenRefused } from "./operator.js";
 import { loadCosts, startCosts } from "./costs.js";
 import { startBacklog, stopBacklog } from "./backlog.js";
 import { startJobs } from "./jobs.js";
 import { startBind } from "./bind.js";
+import { loadAudit, startAudit } from "./audit.js";
 
 let started = false;
 
 function refusal(detail) {
-  if (/not configured/i.test(detail)) return "Вход оператора не настроен на сервере (ADMIN_TOKEN не задан).";
+  if (/not configured/i.test(detail)) {
+    return "Вход оператора не настроен на сервере (нет ни одного оператора, ADMIN_TOKEN не задан).";
+  }
   return "Неверный токен.";
+}
+
+/** The signed-in operator's name in the header; null hides it. */
+function showOperator(name) {
+  $("whoami-name").textContent = name || "";
+  $("whoami").hidden = !name;
 }
 
 function showLogin(message) {
   stopBacklog();
+  showOperator(null);
   $("console").hidden = true;
   $("logout").hidden = true;
   $("login").hidden = false;
@@ -28,21 +39,40 @@ function showLogin(message) {
   $("token").focus();
 }
 
-function showConsole() {
+function showConsole(operator) {
   $("login").hidden = true;
   $("console").hidden = false;
   $("logout").hidden = false;
+  showOperator(operator);
   if (!started) {
     started = true;
     startCosts();
     startJobs();
     startBind();
+    startAudit();
   }
   startBacklog();
   loadCosts();
+  loadAudit();
 }
 
-/** Try the token on a read-only operator endpoint; keep it only if the server takes it. */
+/** Whose key this tab holds (GET /admin/me/); throws TokenRefused when the server does not take it. */
+async function whoAmI() {
+  const result = await adminApi("GET", "/admin/me/");
+  return result.status === 200 && result.data ? result.data.operator : null;
+}
+
+/** A kept key: the console at once, the operator's name once the server says whose key it is. */
+async function resume() {
+  showConsole(null);
+  try {
+    showOperator(await whoAmI());
+  } catch (error) {
+    if (!(error instanceof TokenRefused)) showBanner(error);
+  }
+}
+
+/** Try the key on the read-only GET /admin/me/; keep it only if the server takes it. */
 async function logIn(event) {
   event.preventDefault();
   const token = $("token").value;
@@ -54,9 +84,9 @@ async function logIn(event) {
   const button = $("login-submit");
   button.disabled = true;
   try {
-    await adminApi("GET", "/admin/stats/backlog/");
+    const operator = await whoAmI();
     $("token").value = "";
-    showConsole();
+    showConsole(operator);
     $("main").focus(); // the console replaced the form the focus was in
   } catch (error) {
     if (!(error instanceof TokenRefused)) {
@@ -76,7 +106,7 @@ function start() {
     clearBanner();
     showLogin(null);
   });
-  if (getToken()) showConsole();
+  if (getToken()) resume();
   else showLogin(null);
 }
 
