@@ -297,3 +297,15 @@ class ApiProcess(Service):
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=timeout)
+
+
+def delivery(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`delivery ARGS...` run as an operator would, against the stack."""
+    return subprocess.run(
+        [sys.executable, "-m", "delivery.cli", *args],
+        env=stack.env(),
+        cwd=stack.workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -4,8 +4,6 @@ changes or deletes an entry."""
 
 import getpass
 import json
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,21 +17,10 @@ from delivery.models import AuditEntry, DeadLetter
 from delivery.registration import RegistrationJob
 from tests.factories import Maker, add_operator, add_package, add_session, audit_entries
 from tests.fakebank import FakeBank
-from tests.stack import ADMIN_TOKEN, Stack
+from tests.stack import ADMIN_TOKEN, Stack, delivery
 
 ADMIN = {"X-Admin-Token": ADMIN_TOKEN}
 SHELL = f"shell:{getpass.getuser()}"
-
-
-def delivery(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "delivery.cli", *args],
-        env=stack.env(),
-        cwd=stack.workdir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def fields(entry: AuditEntry) -> tuple[str, str, str | None, str, str | None]:

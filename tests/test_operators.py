@@ -3,8 +3,6 @@ ADMIN_TOKEN as the operator `admin`."""
 
 import hashlib
 import re
-import subprocess
-import sys
 from datetime import datetime
 
 import httpx
@@ -15,21 +13,10 @@ from delivery import operators
 from delivery.config import Settings
 from delivery.models import AuditEntry, Operator
 from tests.factories import Maker, add_operator, app_client
-from tests.stack import ADMIN_TOKEN, Stack
+from tests.stack import ADMIN_TOKEN, Stack, delivery
 
 #: `secrets.token_urlsafe(32)`: 256 random bits in 43 URL-safe characters.
 KEY = re.compile(r"[A-Za-z0-9_-]{43}")
-
-
-def delivery(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "delivery.cli", *args],
-        env=stack.env(),
-        cwd=stack.workdir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def me(client: httpx.AsyncClient, key: str | None) -> httpx.Response:
